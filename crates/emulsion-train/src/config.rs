@@ -1,0 +1,597 @@
+//! The training configuration: TOML through serde, unknown keys rejected, command-line
+//! overrides (`--set train.steps=2000`) applied on top, and errors that name the file, the key
+//! and the line.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use emulsion_models::embedding::NoiseEmbedding;
+use emulsion_schedule::ScheduleKind;
+use serde::{Deserialize, Serialize};
+
+/// A whole run's configuration. Each section documents its keys in `configs/*.toml`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub run: RunConfig,
+    pub data: DataConfig,
+    #[serde(default)]
+    pub model: ModelConfig,
+    #[serde(default)]
+    pub diffusion: DiffusionConfig,
+    #[serde(default)]
+    pub assignment: AssignmentConfig,
+    #[serde(default)]
+    pub train: TrainConfig,
+    #[serde(default)]
+    pub sample: SampleConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RunConfig {
+    /// The run directory is `<out_dir>/<name>`.
+    pub name: String,
+    pub out_dir: PathBuf,
+    /// Seeds weights, data order, noise and dropout.
+    pub seed: u64,
+    pub device: DeviceChoice,
+}
+
+impl Default for RunConfig {
+    fn default() -> Self {
+        Self { name: "default".into(), out_dir: "runs".into(), seed: 0, device: DeviceChoice::Auto }
+    }
+}
+
+/// Where tensors live. The backend must have been compiled into the binary.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum DeviceChoice {
+    /// CUDA if compiled in and present, else a WGPU GPU if one exists, else the CPU.
+    #[default]
+    Auto,
+    /// The CPU, on Burn's Flex backend (the faster CPU backend for this UNet).
+    Cpu,
+    /// The CPU, on Burn's ndarray backend (the reference for bitwise-reproducibility tests).
+    Ndarray,
+    /// WGPU: Vulkan, Metal or DX12; lavapipe when there is no GPU.
+    Wgpu,
+    /// CUDA through cubecl (NVRTC at run time).
+    Cuda,
+}
+
+impl fmt::Display for DeviceChoice {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(enum_name(self).as_str())
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataConfig {
+    pub dataset: DatasetKind,
+    /// Where the files are; each dataset kind has a default (see [`DatasetKind`]).
+    #[serde(default)]
+    pub path: Option<PathBuf>,
+    /// `train` or `test` split, for datasets that have both.
+    #[serde(default)]
+    pub split: Split,
+    /// Side of the square training images; defaults to the dataset's native size.
+    #[serde(default)]
+    pub image_size: Option<usize>,
+    /// Channels of a `folder` dataset (1 or 3); fixed by the other formats.
+    #[serde(default)]
+    pub channels: Option<usize>,
+    /// Random horizontal flips.
+    #[serde(default)]
+    pub hflip: bool,
+    /// Use only the first `limit` images (for quick experiments and tests).
+    #[serde(default)]
+    pub limit: Option<usize>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DatasetKind {
+    /// CIFAR-10 binary version: `data_batch_{1..5}.bin`, `test_batch.bin`.
+    Cifar10,
+    /// IDX files (MNIST, Fashion-MNIST), gzipped or raw.
+    Idx,
+    /// A folder of PNG/JPEG images, searched recursively.
+    Folder,
+}
+
+impl DatasetKind {
+    /// Where the files are expected when `data.path` is not given.
+    pub fn default_path(self) -> Option<&'static str> {
+        match self {
+            DatasetKind::Cifar10 => Some("datasets/cifar-10-batches-bin"),
+            DatasetKind::Idx => Some("/usr/share/datasets/fashion-mnist"),
+            DatasetKind::Folder => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Split {
+    #[default]
+    Train,
+    Test,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ModelConfig {
+    /// Base channel count (EDM's `model_channels`).
+    pub channels: usize,
+    pub channel_mult: Vec<usize>,
+    pub channel_mult_emb: usize,
+    /// Residual blocks per resolution level.
+    pub num_blocks: usize,
+    /// Image sides at which blocks carry self-attention; unset: the second level's side
+    /// (16 for 32x32 images, as in EDM; 14 for 28x28).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub attn_resolutions: Option<Vec<usize>>,
+    pub dropout: f64,
+    pub num_heads: usize,
+    pub embedding: NoiseEmbedding,
+    /// Condition on the dataset's class labels.
+    pub class_conditional: bool,
+    /// Probability of replacing a label with the null label in training (for guidance).
+    pub label_dropout: f64,
+}
+
+impl Default for ModelConfig {
+    fn default() -> Self {
+        Self {
+            channels: 128,
+            channel_mult: vec![2, 2, 2],
+            channel_mult_emb: 4,
+            num_blocks: 4,
+            attn_resolutions: None,
+            dropout: 0.1,
+            num_heads: 1,
+            embedding: NoiseEmbedding::Positional,
+            class_conditional: false,
+            label_dropout: 0.1,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DiffusionConfig {
+    pub objective: ObjectiveKind,
+    pub schedule: ScheduleKind,
+    /// The log-SNR range the schedule is truncated to (its infinite ends are cut off).
+    pub lambda_min: f64,
+    pub lambda_max: f64,
+}
+
+impl Default for DiffusionConfig {
+    fn default() -> Self {
+        Self { objective: ObjectiveKind::Vp, schedule: ScheduleKind::Cosine, lambda_min: -15.0, lambda_max: 15.0 }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum ObjectiveKind {
+    /// Variance-preserving diffusion with ε-prediction and MSE loss.
+    #[default]
+    Vp,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct AssignmentConfig {
+    pub method: AssignmentMethod,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum AssignmentMethod {
+    /// Independent noise for each image.
+    #[default]
+    None,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrainConfig {
+    pub batch_size: usize,
+    /// Optimiser steps in the whole run.
+    pub steps: usize,
+    /// Peak learning rate of AdamW.
+    pub lr: f64,
+    /// Steps of linear learning-rate warm-up from 0.
+    pub warmup_steps: usize,
+    pub weight_decay: f64,
+    pub betas: [f64; 2],
+    pub adam_eps: f64,
+    /// EMA of weights: `ema <- decay * ema + (1 - decay) * weights` after every step.
+    pub ema_decay: f64,
+    /// Clip gradients to this global L2 norm; 0 disables clipping.
+    pub grad_clip: f64,
+    pub checkpoint_every: usize,
+    /// Checkpoints kept on disk (the newest ones).
+    pub keep_checkpoints: usize,
+    /// Write a sample grid every this many steps (and at the end); 0 writes only at the end.
+    pub sample_every: usize,
+    /// Log a line to `metrics.jsonl` every this many steps.
+    pub log_every: usize,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        Self {
+            batch_size: 128,
+            steps: 200_000,
+            lr: 2e-4,
+            warmup_steps: 5_000,
+            weight_decay: 0.0,
+            betas: [0.9, 0.999],
+            adam_eps: 1e-8,
+            ema_decay: 0.9999,
+            grad_clip: 1.0,
+            checkpoint_every: 5_000,
+            keep_checkpoints: 3,
+            sample_every: 5_000,
+            log_every: 50,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SampleConfig {
+    pub sampler: SamplerKind,
+    /// Denoiser evaluations per image.
+    pub steps: usize,
+    /// DDIM's η: 0 is deterministic, 1 is ancestral (DDPM-like).
+    pub eta: f64,
+    /// Images in each periodic sample grid.
+    pub n: usize,
+    /// Seed of the sampling noise, fixed so grids are comparable across steps.
+    pub seed: u64,
+    /// Classifier-free guidance scale (conditional models); 1 is plain conditional sampling.
+    pub guidance: f64,
+}
+
+impl Default for SampleConfig {
+    fn default() -> Self {
+        Self { sampler: SamplerKind::Ddim, steps: 50, eta: 0.0, n: 64, seed: 0, guidance: 1.0 }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum SamplerKind {
+    /// DDIM (Song et al. 2021) with configurable η.
+    #[default]
+    Ddim,
+}
+
+/// A configuration error, located as precisely as possible.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    #[error("cannot read config file {}: {source}", path.display())]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("{}: {message}", path.display())]
+    Syntax { path: PathBuf, message: String },
+    #[error("{location}: `{key}`: {message}")]
+    Key { location: String, key: String, message: String },
+    #[error("--set {arg}: {message}")]
+    Override { arg: String, message: String },
+}
+
+impl Config {
+    /// Reads `path`, applies `overrides` (`section.key=value`), and validates the result.
+    pub fn load(path: &Path, overrides: &[String]) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+        Self::from_toml(&text, path, overrides)
+    }
+
+    /// Parses TOML `text` (reported as coming from `path`), applies `overrides`, validates.
+    pub fn from_toml(text: &str, path: &Path, overrides: &[String]) -> Result<Self, ConfigError> {
+        let mut table: toml::Table = text.parse().map_err(|e: toml::de::Error| ConfigError::Syntax {
+            path: path.to_path_buf(),
+            message: e.to_string().trim_end().to_string(),
+        })?;
+        let mut overridden = Vec::new();
+        for arg in overrides {
+            let key = apply_override(&mut table, arg)?;
+            overridden.push((key, arg.clone()));
+        }
+        let locate = |key: &str| -> String {
+            if let Some((_, arg)) = overridden.iter().rev().find(|(k, _)| key == k || key.starts_with(&format!("{k}."))) {
+                return format!("--set {arg}");
+            }
+            match key_line(text, key) {
+                Some(line) => format!("{}:{line}", path.display()),
+                None => path.display().to_string(),
+            }
+        };
+        let config: Config = serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
+            let key = e.path().to_string();
+            let message = e.inner().message().to_string();
+            // serde reports an unknown or missing key against its parent; name the key itself.
+            let names_a_field = message.starts_with("unknown field") || message.starts_with("missing field");
+            let key = match backticked(&message) {
+                Some(field) if names_a_field && key == "." => field,
+                Some(field) if names_a_field && key.rsplit('.').next() != Some(field.as_str()) => format!("{key}.{field}"),
+                _ => key,
+            };
+            ConfigError::Key { location: locate(&key), key, message }
+        })?;
+        config.validate().map_err(|(key, message)| ConfigError::Key {
+            location: locate(key),
+            key: key.to_string(),
+            message,
+        })?;
+        Ok(config)
+    }
+
+    /// The image side: `data.image_size`, or the dataset's native size.
+    pub fn image_size(&self) -> Option<usize> {
+        self.data.image_size.or(match self.data.dataset {
+            DatasetKind::Cifar10 => Some(32),
+            DatasetKind::Idx => Some(28),
+            DatasetKind::Folder => None,
+        })
+    }
+
+    /// The dataset's location: `data.path` or the dataset kind's default.
+    pub fn data_path(&self) -> Option<PathBuf> {
+        self.data.path.clone().or_else(|| self.data.dataset.default_path().map(PathBuf::from))
+    }
+
+    /// The run directory, `<run.out_dir>/<run.name>`.
+    pub fn run_dir(&self) -> PathBuf {
+        self.run.out_dir.join(&self.run.name)
+    }
+
+    /// The configuration as TOML, as saved in the run directory.
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).expect("a Config always serialises")
+    }
+
+    /// Checks values that types alone cannot; the error names the offending key.
+    pub fn validate(&self) -> Result<(), (&'static str, String)> {
+        fn positive(key: &'static str, v: usize) -> Result<(), (&'static str, String)> {
+            if v == 0 { Err((key, "must be at least 1".into())) } else { Ok(()) }
+        }
+        fn unit(key: &'static str, v: f64, closed_top: bool) -> Result<(), (&'static str, String)> {
+            let ok = v >= 0.0 && if closed_top { v <= 1.0 } else { v < 1.0 };
+            if ok { Ok(()) } else { Err((key, format!("must be in [0, 1{}, got {v}", if closed_top { "]" } else { ")" }))) }
+        }
+        if self.run.name.is_empty() || self.run.name.contains(['/', '\\']) || self.run.name == "." || self.run.name == ".." {
+            return Err(("run.name", format!("must be a plain directory name, got {:?}", self.run.name)));
+        }
+        if self.data.dataset == DatasetKind::Folder && self.data.path.is_none() {
+            return Err(("data.path", "a `folder` dataset needs the folder's path".into()));
+        }
+        if self.data.dataset == DatasetKind::Folder && self.data.image_size.is_none() {
+            return Err(("data.image_size", "a `folder` dataset needs the image size to resize to".into()));
+        }
+        if let Some(c) = self.data.channels {
+            if self.data.dataset != DatasetKind::Folder {
+                return Err(("data.channels", "only `folder` datasets choose their channels".into()));
+            }
+            if c != 1 && c != 3 {
+                return Err(("data.channels", format!("must be 1 or 3, got {c}")));
+            }
+        }
+        if let Some(limit) = self.data.limit {
+            positive("data.limit", limit)?;
+        }
+        positive("model.channels", self.model.channels)?;
+        positive("model.num_heads", self.model.num_heads)?;
+        unit("model.dropout", self.model.dropout, false)?;
+        unit("model.label_dropout", self.model.label_dropout, false)?;
+        if let Some(size) = self.image_size() {
+            positive("data.image_size", size)?;
+            self.unet_config(size, 1, 0).validate().map_err(|m| ("model", m))?;
+        }
+        let d = &self.diffusion;
+        if !(d.lambda_min.is_finite() && d.lambda_max.is_finite() && d.lambda_min < d.lambda_max) {
+            return Err(("diffusion.lambda_min", format!(
+                "the log-SNR range [lambda_min, lambda_max] = [{}, {}] must be finite and increasing",
+                d.lambda_min, d.lambda_max
+            )));
+        }
+        let t = &self.train;
+        positive("train.batch_size", t.batch_size)?;
+        positive("train.steps", t.steps)?;
+        positive("train.checkpoint_every", t.checkpoint_every)?;
+        positive("train.keep_checkpoints", t.keep_checkpoints)?;
+        positive("train.log_every", t.log_every)?;
+        if !(t.lr.is_finite() && t.lr > 0.0) {
+            return Err(("train.lr", format!("must be positive, got {}", t.lr)));
+        }
+        unit("train.ema_decay", t.ema_decay, false)?;
+        unit("train.betas", t.betas[0], false)?;
+        unit("train.betas", t.betas[1], false)?;
+        if !(t.adam_eps > 0.0) {
+            return Err(("train.adam_eps", format!("must be positive, got {}", t.adam_eps)));
+        }
+        if !(t.weight_decay >= 0.0) {
+            return Err(("train.weight_decay", format!("must be non-negative, got {}", t.weight_decay)));
+        }
+        if !(t.grad_clip >= 0.0) {
+            return Err(("train.grad_clip", format!("must be non-negative (0 disables), got {}", t.grad_clip)));
+        }
+        let s = &self.sample;
+        positive("sample.steps", s.steps)?;
+        positive("sample.n", s.n)?;
+        if !(s.eta >= 0.0) {
+            return Err(("sample.eta", format!("must be non-negative, got {}", s.eta)));
+        }
+        if !(s.guidance.is_finite() && s.guidance >= 0.0) {
+            return Err(("sample.guidance", format!("must be non-negative, got {}", s.guidance)));
+        }
+        Ok(())
+    }
+
+    /// `model.attn_resolutions`, or the side of the second resolution level when unset.
+    pub fn attn_resolutions(&self, image_size: usize) -> Vec<usize> {
+        match &self.model.attn_resolutions {
+            Some(sides) => sides.clone(),
+            None if self.model.channel_mult.len() > 1 => vec![image_size / 2],
+            None => vec![],
+        }
+    }
+
+    /// The UNet this config describes, for images of `image_size` with `channels` channels.
+    pub fn unet_config(&self, image_size: usize, channels: usize, num_classes: usize) -> emulsion_models::UNetConfig {
+        let m = &self.model;
+        emulsion_models::UNetConfig::new(image_size, channels)
+            .with_model_channels(m.channels)
+            .with_channel_mult(m.channel_mult.clone())
+            .with_channel_mult_emb(m.channel_mult_emb)
+            .with_num_blocks(m.num_blocks)
+            .with_attn_resolutions(self.attn_resolutions(image_size))
+            .with_dropout(m.dropout)
+            .with_num_heads(m.num_heads)
+            .with_num_classes(if m.class_conditional { num_classes } else { 0 })
+            .with_embedding(m.embedding)
+    }
+}
+
+/// Applies `section.key=value` to `table`; returns the dotted key. The value is read as TOML
+/// (`2000`, `1e-4`, `[1, 2]`, `true`, `"text"`), falling back to a bare string (`cosine`).
+fn apply_override(table: &mut toml::Table, arg: &str) -> Result<String, ConfigError> {
+    let err = |message: &str| ConfigError::Override { arg: arg.to_string(), message: message.to_string() };
+    let (key, raw) = arg.split_once('=').ok_or_else(|| err("expected KEY=VALUE, e.g. train.steps=2000"))?;
+    let key = key.trim();
+    let parts: Vec<&str> = key.split('.').collect();
+    if parts.iter().any(|p| p.is_empty()) {
+        return Err(err("the key must be dotted names, e.g. train.steps"));
+    }
+    let raw = raw.trim();
+    let value = match format!("v = {raw}").parse::<toml::Table>() {
+        Ok(mut t) => t.remove("v").expect("the key we wrote"),
+        Err(_) => toml::Value::String(raw.to_string()),
+    };
+    let mut node = table;
+    for part in &parts[..parts.len() - 1] {
+        let entry = node.entry(part.to_string()).or_insert_with(|| toml::Value::Table(Default::default()));
+        node = entry
+            .as_table_mut()
+            .ok_or_else(|| err(&format!("`{part}` is a value, not a section")))?;
+    }
+    node.insert(parts[parts.len() - 1].to_string(), value);
+    Ok(key.to_string())
+}
+
+/// The 1-based line where the dotted `key` is written in `text`, if it is.
+fn key_line(text: &str, key: &str) -> Option<usize> {
+    let doc = toml_edit::ImDocument::parse(text).ok()?;
+    let mut item = doc.as_item();
+    let mut span = None;
+    for part in key.split('.') {
+        let table = item.as_table_like()?;
+        let (k, next) = table.get_key_value(part)?;
+        span = k.span().or(span);
+        item = next;
+    }
+    let offset = span?.start;
+    Some(text[..offset].matches('\n').count() + 1)
+}
+
+/// The first `backticked` word of a serde message.
+fn backticked(message: &str) -> Option<String> {
+    let start = message.find('`')? + 1;
+    let end = start + message[start..].find('`')?;
+    Some(message[start..end].to_string())
+}
+
+/// The serde name of a unit enum variant.
+pub fn enum_name<T: Serialize>(value: &T) -> String {
+    match toml::Value::try_from(value) {
+        Ok(toml::Value::String(s)) => s,
+        _ => format!("{:?}", serde_json::to_string(value)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = "[data]\ndataset = \"idx\"\n";
+
+    fn load(text: &str, overrides: &[&str]) -> Result<Config, ConfigError> {
+        let overrides: Vec<String> = overrides.iter().map(|s| s.to_string()).collect();
+        Config::from_toml(text, Path::new("test.toml"), &overrides)
+    }
+
+    #[test]
+    fn defaults_fill_in_and_overrides_apply_on_top() {
+        let c = load(MINIMAL, &["train.steps=2000", "diffusion.schedule=cosine", "model.channel_mult=[1, 2]"]).unwrap();
+        assert_eq!(c.train.steps, 2000);
+        assert_eq!(c.diffusion.schedule, ScheduleKind::Cosine);
+        assert_eq!(c.model.channel_mult, vec![1, 2]);
+        assert_eq!(c.image_size(), Some(28));
+        assert_eq!(c.attn_resolutions(28), vec![14], "attention defaults to the second level");
+        assert_eq!(c.attn_resolutions(32), vec![16]);
+        assert_eq!(c.data_path().unwrap(), PathBuf::from("/usr/share/datasets/fashion-mnist"));
+    }
+
+    #[test]
+    fn the_resolved_config_round_trips_through_toml() {
+        let c = load(MINIMAL, &["train.lr=1e-3", "run.name=x"]).unwrap();
+        assert_eq!(load(&c.to_toml(), &[]).unwrap(), c);
+    }
+
+    #[test]
+    fn unknown_keys_name_the_key_and_the_line() {
+        let text = "[data]\ndataset = \"idx\"\n\n[train]\nbatch_size = 8\nstepz = 3\n";
+        let e = load(text, &[]).unwrap_err().to_string();
+        assert!(e.contains("test.toml:6") && e.contains("`train.stepz`") && e.contains("unknown field"), "{e}");
+        let e = load(MINIMAL, &["train.stepz=3"]).unwrap_err().to_string();
+        assert!(e.contains("--set train.stepz=3") && e.contains("`train.stepz`"), "{e}");
+        let e = load("[data]\ndataset = \"idx\"\n[trian]\n", &[]).unwrap_err().to_string();
+        assert!(e.contains("test.toml:3") && e.contains("`trian`"), "{e}");
+    }
+
+    #[test]
+    fn wrong_types_name_the_key_and_the_line() {
+        let e = load("[data]\ndataset = \"idx\"\n[train]\nsteps = \"many\"\n", &[]).unwrap_err().to_string();
+        assert!(e.contains("test.toml:4") && e.contains("`train.steps`") && e.contains("invalid type"), "{e}");
+    }
+
+    #[test]
+    fn bad_enum_values_list_the_valid_ones() {
+        let e = load(MINIMAL, &["diffusion.schedule=laplacian"]).unwrap_err().to_string();
+        assert!(e.contains("`diffusion.schedule`") && e.contains("cosine"), "{e}");
+        let e = load("[data]\ndataset = \"imagenet\"\n", &[]).unwrap_err().to_string();
+        assert!(e.contains("test.toml:2") && e.contains("`cifar10`, `idx`, `folder`"), "{e}");
+    }
+
+    #[test]
+    fn missing_sections_and_invalid_values_are_reported() {
+        let e = load("[train]\nsteps = 3\n", &[]).unwrap_err().to_string();
+        assert!(e.contains("`data`") && e.contains("missing"), "{e}");
+        let e = load(MINIMAL, &["train.batch_size=0"]).unwrap_err().to_string();
+        assert!(e.contains("`train.batch_size`") && e.contains("at least 1"), "{e}");
+        let e = load(MINIMAL, &["model.attn_resolutions=[5]"]).unwrap_err().to_string();
+        assert!(e.contains("`model`") && e.contains("attention resolution 5"), "{e}");
+        let e = load("[data]\ndataset = \"idx\"\n[diffusion]\nlambda_min = 3.0\nlambda_max = 1.0\n", &[]).unwrap_err().to_string();
+        assert!(e.contains("test.toml:4") && e.contains("`diffusion.lambda_min`"), "{e}");
+    }
+
+    #[test]
+    fn syntax_errors_and_bad_overrides_are_reported() {
+        let e = load("[data\n", &[]).unwrap_err().to_string();
+        assert!(e.starts_with("test.toml") && e.contains("line 1"), "{e}");
+        let e = load(MINIMAL, &["train.steps"]).unwrap_err().to_string();
+        assert!(e.contains("KEY=VALUE"), "{e}");
+        let e = load(MINIMAL, &["data.dataset.x=1"]).unwrap_err().to_string();
+        assert!(e.contains("not a section"), "{e}");
+    }
+}

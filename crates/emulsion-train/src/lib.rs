@@ -1,0 +1,52 @@
+//! Emulsion's trainer: configuration, datasets, objectives, samplers, checkpoints, and the
+//! wiring of it all into Burn's `Learner`.
+//!
+//! - [`config`]: the TOML configuration and its validation.
+//! - [`data`]: CIFAR-10, IDX and image-folder datasets; the step-indexed loader.
+//! - [`objective`]: training objectives behind one interface.
+//! - [`trainer`]: the module Burn trains (network + EMA) and its `TrainStep`.
+//! - [`strategy`]: the step-based learning strategy.
+//! - [`sampling`]: samplers, one function each.
+//! - [`checkpoint`]: atomic, resumable checkpoints.
+//! - [`run`]: a run end to end.
+
+pub mod checkpoint;
+pub mod config;
+pub mod data;
+pub mod grid;
+pub mod monitor;
+pub mod objective;
+pub mod optim;
+pub mod run;
+pub mod sampling;
+pub mod seeds;
+pub mod strategy;
+pub mod trainer;
+
+use std::path::PathBuf;
+
+pub use config::Config;
+pub use run::{sample, train, Resume, SampleRequest, TrainOptions, TrainReport};
+
+/// Why a run could not start or finish.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TrainError {
+    #[error(transparent)]
+    Config(#[from] config::ConfigError),
+    #[error(transparent)]
+    Data(#[from] data::DataError),
+    #[error(transparent)]
+    Checkpoint(#[from] checkpoint::CheckpointError),
+    #[error("`{key}`: {message}")]
+    Invalid { key: &'static str, message: String },
+    #[error("{}: {source}", path.display())]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("{0}")]
+    RunDir(String),
+}
+
+#[cfg(test)]
+pub(crate) type TestBackend = burn::backend::NdArray<f32>;
+#[cfg(test)]
+pub(crate) type TestAutodiffBackend = burn::backend::Autodiff<TestBackend>;

@@ -1,0 +1,291 @@
+//! Watching a run: a Burn [`MetricsRenderer`] that prints progress (step, loss, learning rate,
+//! images/s, ETA), appends one JSON line per `log_every` steps to `metrics.jsonl`, and redraws
+//! the loss curve. It runs on Burn's metrics thread, so the training loop never waits on it.
+
+use std::collections::HashMap;
+use std::fs::{File, OpenOptions};
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use burn::train::metric::{MetricDefinition, MetricId};
+use burn::train::renderer::{
+    EvaluationName, EvaluationProgress, MetricState, MetricsRenderer, MetricsRendererEvaluation,
+    MetricsRendererTraining, ProgressType, TrainingProgress,
+};
+use serde::{Deserialize, Serialize};
+
+/// One line of `metrics.jsonl`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MetricsLine {
+    pub step: u64,
+    /// Mean training loss over the steps since the previous line.
+    pub loss: f64,
+    pub lr: f64,
+    pub images_per_s: f64,
+    /// Seconds of training in the whole run, resumed sessions included.
+    pub wall_time_s: f64,
+}
+
+/// Where and how often the monitor reports.
+#[derive(Debug, Clone)]
+pub struct MonitorConfig {
+    pub journal: PathBuf,
+    pub loss_curve: PathBuf,
+    pub batch_size: usize,
+    pub start_step: u64,
+    pub total_steps: u64,
+    pub log_every: u64,
+    /// Training time of earlier sessions of the run.
+    pub wall_time_offset: f64,
+}
+
+pub struct TrainingMonitor {
+    config: MonitorConfig,
+    journal: Option<File>,
+    names: HashMap<MetricId, String>,
+    started: Instant,
+    interval: (Instant, u64),
+    loss_sum: f64,
+    loss_count: u64,
+    lr: f64,
+    last_print: Option<Instant>,
+    lines_since_plot: usize,
+}
+
+impl TrainingMonitor {
+    pub fn new(config: MonitorConfig) -> std::io::Result<Self> {
+        let journal = OpenOptions::new().create(true).append(true).open(&config.journal)?;
+        let now = Instant::now();
+        Ok(Self {
+            interval: (now, config.start_step),
+            config,
+            journal: Some(journal),
+            names: HashMap::new(),
+            started: now,
+            loss_sum: 0.0,
+            loss_count: 0,
+            lr: 0.0,
+            last_print: None,
+            lines_since_plot: 0,
+        })
+    }
+
+    fn wall_time(&self) -> f64 {
+        self.config.wall_time_offset + self.started.elapsed().as_secs_f64()
+    }
+
+    fn log(&mut self, step: u64) {
+        let now = Instant::now();
+        let (since, from_step) = self.interval;
+        let seconds = now.duration_since(since).as_secs_f64().max(1e-9);
+        let images_per_s = (step - from_step) as f64 * self.config.batch_size as f64 / seconds;
+        let line = MetricsLine {
+            step,
+            loss: if self.loss_count > 0 { self.loss_sum / self.loss_count as f64 } else { f64::NAN },
+            lr: self.lr,
+            images_per_s,
+            wall_time_s: self.wall_time(),
+        };
+        if let Some(journal) = &mut self.journal {
+            let written = serde_json::to_string(&line).map_err(std::io::Error::other).and_then(|l| writeln!(journal, "{l}"));
+            if let Err(e) = written {
+                tracing::warn!("cannot write {}: {e}; metrics are no longer recorded", self.config.journal.display());
+                self.journal = None;
+            }
+        }
+        let remaining = self.config.total_steps.saturating_sub(step);
+        let steps_per_s = (step - from_step) as f64 / seconds;
+        let eta = if steps_per_s > 0.0 { remaining as f64 / steps_per_s } else { f64::NAN };
+        let total = self.config.total_steps;
+        let width = total.to_string().len();
+        eprintln!(
+            "step {step:>width$}/{total} ({:5.1}%)  loss {:.4}  lr {:.2e}  {images_per_s:7.1} img/s  elapsed {}  ETA {}",
+            100.0 * step as f64 / total as f64,
+            line.loss,
+            self.lr,
+            format_duration(self.wall_time()),
+            format_duration(eta),
+        );
+        self.interval = (now, step);
+        self.loss_sum = 0.0;
+        self.loss_count = 0;
+        self.last_print = Some(now);
+        self.lines_since_plot += 1;
+        if self.lines_since_plot >= 20 {
+            self.plot();
+        }
+    }
+
+    fn plot(&mut self) {
+        self.lines_since_plot = 0;
+        if let Err(e) = plot_loss_curve(&self.config.journal, &self.config.loss_curve) {
+            tracing::warn!("cannot draw {}: {e}", self.config.loss_curve.display());
+        }
+    }
+}
+
+impl MetricsRendererTraining for TrainingMonitor {
+    fn update_train(&mut self, state: MetricState) {
+        if let MetricState::Numeric(entry, value) = state {
+            match self.names.get(&entry.metric_id).map(String::as_str) {
+                Some("Loss") => {
+                    self.loss_sum += value.current();
+                    self.loss_count += 1;
+                }
+                Some("Learning Rate") => self.lr = value.current(),
+                _ => {}
+            }
+        }
+    }
+
+    fn update_valid(&mut self, _state: MetricState) {}
+
+    fn render_train(&mut self, item: TrainingProgress, _indicators: Vec<ProgressType>) {
+        let Some(step) = item.iteration.map(|s| s as u64) else { return };
+        if step % self.config.log_every == 0 || step == self.config.total_steps {
+            self.log(step);
+        }
+    }
+
+    fn render_valid(&mut self, _item: TrainingProgress, _indicators: Vec<ProgressType>) {}
+
+    fn on_train_end(&mut self, _summary: Option<burn::train::LearnerSummary>) -> Result<(), Box<dyn std::error::Error>> {
+        if let Some(journal) = &mut self.journal {
+            journal.flush()?;
+        }
+        self.plot();
+        Ok(())
+    }
+}
+
+impl MetricsRendererEvaluation for TrainingMonitor {
+    fn update_test(&mut self, _name: EvaluationName, _state: MetricState) {}
+    fn render_test(&mut self, _item: EvaluationProgress, _indicators: Vec<ProgressType>) {}
+}
+
+impl MetricsRenderer for TrainingMonitor {
+    fn manual_close(&mut self) {}
+
+    fn register_metric(&mut self, definition: MetricDefinition) {
+        self.names.insert(definition.metric_id.clone(), definition.name.clone());
+    }
+}
+
+/// `1h02m`, `3m07s`, `12s`.
+pub fn format_duration(seconds: f64) -> String {
+    if !seconds.is_finite() {
+        return "--".into();
+    }
+    let s = seconds.round() as u64;
+    match s {
+        0..60 => format!("{s}s"),
+        60..3600 => format!("{}m{:02}s", s / 60, s % 60),
+        _ => format!("{}h{:02}m", s / 3600, s % 3600 / 60),
+    }
+}
+
+/// The lines of a metrics journal; a torn last line (a killed process) is skipped.
+pub fn read_journal(path: &Path) -> std::io::Result<Vec<MetricsLine>> {
+    if !path.exists() {
+        return Ok(Vec::new());
+    }
+    let reader = BufReader::new(File::open(path)?);
+    Ok(reader.lines().map_while(Result::ok).filter_map(|l| serde_json::from_str(&l).ok()).collect())
+}
+
+/// Keeps the journal lines up to `step` (resuming from a checkpoint at `step`).
+pub fn truncate_journal(path: &Path, step: u64) -> std::io::Result<()> {
+    let kept: Vec<MetricsLine> = read_journal(path)?.into_iter().filter(|l| l.step <= step).collect();
+    let mut text = String::new();
+    for line in &kept {
+        text.push_str(&serde_json::to_string(line).map_err(std::io::Error::other)?);
+        text.push('\n');
+    }
+    let tmp = path.with_extension("jsonl.tmp");
+    std::fs::write(&tmp, text)?;
+    std::fs::rename(tmp, path)
+}
+
+/// Draws the loss of each journal line against its step, on a log scale.
+pub fn plot_loss_curve(journal: &Path, out: &Path) -> Result<(), String> {
+    use plotters::prelude::*;
+    register_font();
+    let points: Vec<(f64, f64)> = read_journal(journal)
+        .map_err(|e| e.to_string())?
+        .into_iter()
+        .filter(|l| l.loss.is_finite() && l.loss > 0.0)
+        .map(|l| (l.step as f64, l.loss))
+        .collect();
+    if points.is_empty() {
+        return Ok(());
+    }
+    let (x_max, (y_min, y_max)) = (
+        points.iter().map(|p| p.0).fold(1.0, f64::max),
+        points.iter().fold((f64::INFINITY, 0.0f64), |(lo, hi), p| (lo.min(p.1), hi.max(p.1))),
+    );
+    // plotters picks the image format from the extension, so the temporary name ends in .png.
+    let tmp = out.with_extension("tmp.png");
+    {
+        let root = BitMapBackend::new(&tmp, (800, 500)).into_drawing_area();
+        root.fill(&WHITE).map_err(|e| e.to_string())?;
+        let mut chart = ChartBuilder::on(&root)
+            .caption("training loss", ("sans-serif", 22))
+            .margin(12)
+            .x_label_area_size(40)
+            .y_label_area_size(70)
+            .build_cartesian_2d(0f64..x_max, (y_min * 0.9..y_max * 1.1).log_scale())
+            .map_err(|e| e.to_string())?;
+        chart
+            .configure_mesh()
+            .x_desc("step")
+            .y_desc("loss")
+            .y_label_formatter(&|v| format!("{v:.3}"))
+            .draw()
+            .map_err(|e| e.to_string())?;
+        chart.draw_series(LineSeries::new(points, &BLUE)).map_err(|e| e.to_string())?;
+        root.present().map_err(|e| e.to_string())?;
+    }
+    std::fs::rename(&tmp, out).map_err(|e| e.to_string())
+}
+
+/// Registers the bundled DejaVu Sans as plotters' `sans-serif`, once.
+pub fn register_font() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let font: &'static [u8] = include_bytes!("../assets/DejaVuSans.ttf");
+        if plotters::style::register_font("sans-serif", plotters::style::FontStyle::Normal, font).is_err() {
+            tracing::warn!("the bundled font could not be registered; plots will have no text");
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn journals_truncate_on_resume_and_skip_torn_lines() {
+        let dir = std::env::temp_dir().join(format!("emulsion-monitor-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("metrics.jsonl");
+        let line = |step| MetricsLine { step, loss: 1.0 / step as f64, lr: 1e-4, images_per_s: 10.0, wall_time_s: step as f64 };
+        let mut text: String = (1..=5).map(|s| serde_json::to_string(&line(s * 10)).unwrap() + "\n").collect();
+        text.push_str("{\"step\": 60, \"lo");
+        std::fs::write(&path, text).unwrap();
+        assert_eq!(read_journal(&path).unwrap().len(), 5);
+        truncate_journal(&path, 30).unwrap();
+        assert_eq!(read_journal(&path).unwrap(), vec![line(10), line(20), line(30)]);
+        let png = dir.join("loss.png");
+        plot_loss_curve(&path, &png).unwrap();
+        assert_eq!(image::open(&png).unwrap().width(), 800);
+    }
+
+    #[test]
+    fn durations_read_naturally() {
+        assert_eq!(format_duration(5.2), "5s");
+        assert_eq!(format_duration(187.0), "3m07s");
+        assert_eq!(format_duration(3720.0), "1h02m");
+        assert_eq!(format_duration(f64::NAN), "--");
+    }
+}

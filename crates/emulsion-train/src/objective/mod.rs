@@ -1,0 +1,61 @@
+//! Training objectives behind one small interface: given the network, clean images and their
+//! (already assigned) noise, return one loss per sample. Each objective draws its own noise
+//! levels from its schedule; the training step owns everything else (noise, assignment, label
+//! dropout, reduction), so new objectives plug in without touching the loop.
+
+pub mod vp;
+
+use burn::prelude::*;
+use emulsion_models::UNet;
+use emulsion_schedule::Schedule;
+
+use crate::config::{Config, ObjectiveKind};
+
+pub use vp::VpEpsilon;
+
+/// What an objective sees of a training batch.
+#[derive(Debug, Clone)]
+pub struct ObjectiveInput<B: Backend> {
+    /// Clean images `x₀`, `[N, C, H, W]`.
+    pub x0: Tensor<B, 4>,
+    /// Standard normal noise paired with each image, `[N, C, H, W]`.
+    pub noise: Tensor<B, 4>,
+    /// Class labels (the null label where dropped), `[N]`; `None` for unconditional networks.
+    pub labels: Option<Tensor<B, 1, Int>>,
+}
+
+/// The objectives, by configuration.
+#[derive(Debug, Clone)]
+pub enum Objective {
+    VpEpsilon(VpEpsilon),
+}
+
+impl Objective {
+    pub fn from_config(config: &Config) -> Self {
+        let d = &config.diffusion;
+        let schedule = Schedule::new(d.schedule, d.lambda_min, d.lambda_max);
+        match d.objective {
+            ObjectiveKind::Vp => Objective::VpEpsilon(VpEpsilon { schedule }),
+        }
+    }
+
+    /// Unreduced per-sample losses, `[N]`.
+    pub fn loss<B: Backend>(&self, net: &UNet<B>, input: ObjectiveInput<B>) -> Tensor<B, 1> {
+        match self {
+            Objective::VpEpsilon(o) => o.loss(net, input),
+        }
+    }
+
+    /// The schedule whose noise levels the objective trains on (samplers follow it too).
+    pub fn schedule(&self) -> &Schedule {
+        match self {
+            Objective::VpEpsilon(o) => &o.schedule,
+        }
+    }
+}
+
+/// The mean over all but the first dimension: `[N, C, H, W]` → `[N]`.
+pub(crate) fn mean_per_sample<B: Backend>(x: Tensor<B, 4>) -> Tensor<B, 1> {
+    let n = x.dims()[0];
+    x.reshape([n as i32, -1]).mean_dim(1).squeeze_dim(1)
+}

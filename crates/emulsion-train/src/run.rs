@@ -1,0 +1,330 @@
+//! A run end to end: dataset, model, Burn's `Learner` driven by the step strategy, resume, and
+//! the run directory:
+//!
+//! ```text
+//! runs/<name>/
+//!   config.toml     the resolved configuration
+//!   unet.json       the network's shape (dataset facts included)
+//!   metrics.jsonl   step, loss, lr, images/s, wall time
+//!   loss.png        the loss curve
+//!   samples/        step-00005000.png, …
+//!   checkpoints/    step-00005000/{model,optimizer,scheduler}.mpk, state.json, config.toml, unet.json
+//! ```
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use burn::module::Module;
+use burn::optim::AdamWConfig;
+use burn::prelude::*;
+use burn::tensor::backend::AutodiffBackend;
+use burn::train::logger::MetricLogger;
+use burn::train::metric::store::{EpochSummary, MetricsUpdate, Split};
+use burn::train::metric::{LearningRateMetric, LossMetric, MetricDefinition, NumericEntry};
+use burn::train::{Learner, SupervisedTraining, TrainingStrategy};
+use emulsion_models::{Precond, UNetConfig};
+
+use crate::checkpoint::{self, Checkpoint, CheckpointError, CheckpointStore, MODEL, OPTIMIZER, SCHEDULER};
+use crate::config::{Config, SampleConfig};
+use crate::data::{self, DataOrder, StepLoader};
+use crate::grid::{grid_columns, save_grid};
+use crate::monitor::{truncate_journal, MonitorConfig, TrainingMonitor};
+use crate::objective::Objective;
+use crate::optim::WarmupLr;
+use crate::sampling;
+use crate::strategy::{Outcome, SamplePlan, StepPlan, StepStrategy};
+use crate::trainer::{Recipe, Trainer};
+use crate::TrainError;
+
+const CONFIG_FILE: &str = "config.toml";
+const UNET_FILE: &str = "unet.json";
+
+/// The files of a run directory.
+#[derive(Debug, Clone)]
+pub struct RunDir {
+    pub root: PathBuf,
+}
+
+impl RunDir {
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        Self { root: root.into() }
+    }
+    pub fn checkpoints(&self) -> PathBuf {
+        self.root.join("checkpoints")
+    }
+    pub fn samples(&self) -> PathBuf {
+        self.root.join("samples")
+    }
+    pub fn metrics(&self) -> PathBuf {
+        self.root.join("metrics.jsonl")
+    }
+    pub fn loss_curve(&self) -> PathBuf {
+        self.root.join("loss.png")
+    }
+}
+
+/// Where training starts.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum Resume {
+    /// A new run; refuses a run directory that already has checkpoints.
+    #[default]
+    No,
+    /// The newest checkpoint of the run (a new run if there is none yet).
+    Latest,
+    /// A given checkpoint folder.
+    From(PathBuf),
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct TrainOptions {
+    pub resume: Resume,
+    /// Delete an existing run directory of the same name first.
+    pub overwrite: bool,
+}
+
+/// What a finished (or stopped) run left behind.
+#[derive(Debug, Clone)]
+pub struct TrainReport {
+    pub run_dir: PathBuf,
+    pub num_params: usize,
+    pub start_step: u64,
+    pub last_step: u64,
+    pub last_checkpoint: Option<PathBuf>,
+    pub last_samples: Option<PathBuf>,
+}
+
+impl Recipe {
+    pub fn from_config(config: &Config) -> Self {
+        Recipe {
+            objective: Objective::from_config(config),
+            seed: config.run.seed,
+            ema_decay: config.train.ema_decay,
+            grad_clip: config.train.grad_clip,
+            label_dropout: config.model.label_dropout,
+        }
+    }
+}
+
+/// Trains the run `config` describes on `device`.
+pub fn train<B: AutodiffBackend>(config: &Config, device: &B::Device, options: &TrainOptions) -> Result<TrainReport, TrainError> {
+    let images = data::load(config)?;
+    if config.model.class_conditional && images.labels.is_none() {
+        return Err(TrainError::Invalid {
+            key: "model.class_conditional",
+            message: format!("the {} dataset has no class labels", crate::config::enum_name(&config.data.dataset)),
+        });
+    }
+    if images.len() < config.train.batch_size {
+        tracing::warn!("the dataset has {} images, fewer than a batch of {}", images.len(), config.train.batch_size);
+    }
+    let unet = config.unet_config(images.size, images.channels, images.num_classes);
+    let run = RunDir::new(config.run_dir());
+    let resume_from = prepare_run_dir(&run, options)?;
+
+    let mut resolved = config.clone();
+    resolved.data.image_size = Some(images.size);
+    resolved.model.attn_resolutions = Some(unet.attn_resolutions.clone());
+    let config_toml = resolved.to_toml();
+    let unet_json = serde_json::to_string_pretty(&unet).expect("UNetConfig serialises");
+    for (name, text) in [(CONFIG_FILE, &config_toml), (UNET_FILE, &unet_json)] {
+        let path = run.root.join(name);
+        std::fs::write(&path, text).map_err(|source| TrainError::Io { path, source })?;
+    }
+
+    let recipe = Recipe::from_config(config);
+    let schedule = *recipe.objective.schedule();
+    let model = recipe.init::<B>(&unet, device);
+    let num_params = model.net.num_params();
+    let t = &config.train;
+    let optimizer = AdamWConfig::new()
+        .with_beta_1(t.betas[0] as f32)
+        .with_beta_2(t.betas[1] as f32)
+        .with_epsilon(t.adam_eps as f32)
+        .with_weight_decay(t.weight_decay as f32)
+        .init::<B, Trainer<B>>();
+    let mut learner = Learner::new(model, optimizer, WarmupLr::new(t.lr, t.warmup_steps));
+    eprintln!(
+        "{}: {} images of {}x{}x{}, {num_params} parameters ({:.2}M), batch {}, {} steps",
+        run.root.display(),
+        images.len(),
+        images.channels,
+        images.size,
+        images.size,
+        num_params as f64 / 1e6,
+        t.batch_size,
+        t.steps
+    );
+
+    let (start_step, wall_time_offset) = match &resume_from {
+        Some(ckpt) => {
+            learner.load_model(ckpt.load::<_, B>(MODEL, device)?);
+            learner.load_optim(ckpt.load::<_, B>(OPTIMIZER, device)?);
+            learner.load_scheduler(ckpt.load::<_, B>(SCHEDULER, device)?);
+            if ckpt.state.seed != config.run.seed {
+                tracing::warn!("the checkpoint was trained with seed {} and the config says {}; the run continues with {}", ckpt.state.seed, config.run.seed, config.run.seed);
+            }
+            eprintln!("resuming from {} (step {})", ckpt.dir.display(), ckpt.state.step);
+            (ckpt.state.step, ckpt.state.wall_time_s)
+        }
+        None => (0, 0.0),
+    };
+    let journal = run.metrics();
+    truncate_journal(&journal, start_step).map_err(|source| TrainError::Io { path: journal.clone(), source })?;
+    let total_steps = t.steps as u64;
+    let mut report = TrainReport { run_dir: run.root.clone(), num_params, start_step, last_step: start_step, last_checkpoint: resume_from.map(|c| c.dir), last_samples: None };
+    if start_step >= total_steps {
+        eprintln!("the run is already complete at step {start_step} (train.steps = {total_steps})");
+        return Ok(report);
+    }
+
+    let images = Arc::new(images);
+    let order = DataOrder::new(images.len(), t.batch_size, config.run.seed, config.data.hflip);
+    let train_loader = Arc::new(StepLoader::<B>::new(images.clone(), order.clone(), t.batch_size, start_step..total_steps, device.clone()));
+    let valid_loader = Arc::new(StepLoader::<B::InnerBackend>::new(images.clone(), order.clone(), t.batch_size, 0..0, device.clone()));
+    let monitor = TrainingMonitor::new(MonitorConfig {
+        journal: journal.clone(),
+        loss_curve: run.loss_curve(),
+        batch_size: t.batch_size,
+        start_step,
+        total_steps,
+        log_every: t.log_every as u64,
+        wall_time_offset,
+    })
+    .map_err(|source| TrainError::Io { path: journal, source })?;
+    let outcome = Arc::new(Mutex::new(Outcome::default()));
+    let strategy = StepStrategy::<B> {
+        device: device.clone(),
+        plan: StepPlan {
+            start_step,
+            total_steps,
+            batch_size: t.batch_size,
+            checkpoint_every: t.checkpoint_every as u64,
+            sample_every: t.sample_every as u64,
+            seed: config.run.seed,
+            order,
+            wall_time_offset,
+            checkpoint_files: vec![(CONFIG_FILE.into(), config_toml), (UNET_FILE.into(), unet_json)],
+        },
+        samples: SamplePlan {
+            dir: run.samples(),
+            options: config.sample.clone(),
+            precond: Precond::Vp,
+            schedule,
+            shape: [images.channels, images.size],
+        },
+        store: Arc::new(CheckpointStore::open(&run.checkpoints(), t.keep_checkpoints)?),
+        outcome: outcome.clone(),
+    };
+    SupervisedTraining::new(&run.root, train_loader, valid_loader)
+        .metric_train_numeric(LossMetric::new())
+        .metric_train_numeric(LearningRateMetric::new())
+        .renderer(monitor)
+        .with_metric_logger(QuietLogger)
+        .with_application_logger(None)
+        .with_training_strategy(TrainingStrategy::Custom(Arc::new(strategy)))
+        .launch(learner);
+
+    let mut outcome = outcome.lock().expect("not poisoned");
+    if let Some(error) = outcome.error.take() {
+        return Err(error);
+    }
+    report.last_step = outcome.last_step;
+    report.last_checkpoint = outcome.last_checkpoint.clone().or(report.last_checkpoint);
+    report.last_samples = outcome.last_samples.clone();
+    Ok(report)
+}
+
+/// Creates the run directory's folders and finds the checkpoint to resume from.
+fn prepare_run_dir(run: &RunDir, options: &TrainOptions) -> Result<Option<Checkpoint>, TrainError> {
+    let existing = checkpoint::list(&run.checkpoints())?;
+    let resume_from = match &options.resume {
+        Resume::No if !existing.is_empty() && !options.overwrite => {
+            return Err(TrainError::RunDir(format!(
+                "{} already holds checkpoints (newest: step {}); pass --resume to continue it, \
+                 --overwrite to replace it, or choose another name with --set run.name=…",
+                run.root.display(),
+                existing.last().expect("not empty").0
+            )));
+        }
+        Resume::No => {
+            if options.overwrite && run.root.exists() {
+                std::fs::remove_dir_all(&run.root).map_err(|source| TrainError::Io { path: run.root.clone(), source })?;
+            }
+            None
+        }
+        Resume::Latest => match existing.last() {
+            Some((_, dir)) => Some(Checkpoint::open(dir)?),
+            None => {
+                eprintln!("no checkpoint in {} yet: starting the run from scratch", run.checkpoints().display());
+                None
+            }
+        },
+        Resume::From(dir) => Some(Checkpoint::open(dir)?),
+    };
+    for dir in [run.root.clone(), run.checkpoints(), run.samples()] {
+        std::fs::create_dir_all(&dir).map_err(|source| TrainError::Io { path: dir.clone(), source })?;
+    }
+    Ok(resume_from)
+}
+
+/// Metrics go to `metrics.jsonl` through the monitor; Burn's per-epoch log files stay unwritten.
+struct QuietLogger;
+
+impl MetricLogger for QuietLogger {
+    fn log(&mut self, _update: MetricsUpdate, _epoch: usize, _split: &Split) {}
+    fn read_numeric(&mut self, name: &str, _epoch: usize, _split: &Split) -> Result<Vec<NumericEntry>, String> {
+        Err(format!("metric {name} is recorded in metrics.jsonl"))
+    }
+    fn log_metric_definition(&mut self, _definition: MetricDefinition) {}
+    fn log_epoch_summary(&mut self, _summary: EpochSummary) {}
+}
+
+/// What `emulsion sample` asks for; `None` keeps the run's `[sample]` setting.
+#[derive(Debug, Clone)]
+pub struct SampleRequest {
+    pub n: usize,
+    pub steps: Option<usize>,
+    pub eta: Option<f64>,
+    pub seed: Option<u64>,
+    pub guidance: Option<f64>,
+    pub out: PathBuf,
+}
+
+/// Draws a grid from the EMA weights of a checkpoint. `path` is a run directory (its newest
+/// checkpoint is used) or a checkpoint folder.
+pub fn sample<B: Backend>(path: &Path, request: &SampleRequest, device: &B::Device) -> Result<PathBuf, TrainError> {
+    let dir = if path.join("state.json").is_file() {
+        path.to_path_buf()
+    } else {
+        checkpoint::latest(&RunDir::new(path).checkpoints()).map_err(|e| match e {
+            CheckpointError::NoneFound { dir } => TrainError::RunDir(format!(
+                "no checkpoint in {}: is {} a run directory of a run that reached its first checkpoint?",
+                dir.display(),
+                path.display()
+            )),
+            other => other.into(),
+        })?
+    };
+    let ckpt = Checkpoint::open(&dir)?;
+    let config = Config::from_toml(&ckpt.read_file(CONFIG_FILE)?, &dir.join(CONFIG_FILE), &[])?;
+    let unet: UNetConfig = serde_json::from_str(&ckpt.read_file(UNET_FILE)?).map_err(|e| CheckpointError::Invalid {
+        path: dir.join(UNET_FILE),
+        reason: e.to_string(),
+    })?;
+    let recipe = Recipe::from_config(&config);
+    let schedule = *recipe.objective.schedule();
+    let trainer: Trainer<B> = recipe.init::<B>(&unet, device).load_record(ckpt.load(MODEL, device)?);
+    let defaults = &config.sample;
+    let options = SampleConfig {
+        steps: request.steps.unwrap_or(defaults.steps),
+        eta: request.eta.unwrap_or(defaults.eta),
+        seed: request.seed.unwrap_or(defaults.seed),
+        guidance: request.guidance.unwrap_or(defaults.guidance),
+        n: request.n,
+        ..defaults.clone()
+    };
+    let images = sampling::generate(&trainer.ema, Precond::Vp, &schedule, &options, request.n, [unet.in_channels, unet.image_size], device);
+    save_grid(images, grid_columns(request.n, unet.num_classes), &request.out)
+        .map_err(|source| TrainError::Io { path: request.out.clone(), source })?;
+    Ok(request.out.clone())
+}

@@ -1,0 +1,106 @@
+//! Samplers, one pure function each (as in k-diffusion's `sampling.py`). They see only a
+//! [`Denoise`] and a falling list of EDM noise levels ending in 0.
+
+pub mod ddim;
+
+use burn::prelude::*;
+use burn::tensor::Distribution;
+use emulsion_models::{Denoise, Precond, UNet};
+use emulsion_schedule::{vp, Schedule};
+
+use crate::config::{SampleConfig, SamplerKind};
+use crate::seeds::{self, Stream};
+
+pub use ddim::sample_ddim;
+
+/// `steps` EDM noise levels evenly spaced in `t` under `schedule`, noisiest first, then 0.
+pub fn sigmas(schedule: &Schedule, steps: usize) -> Vec<f64> {
+    let mut sigmas: Vec<f64> = schedule.lambda_grid(steps).into_iter().map(vp::edm_sigma).collect();
+    sigmas.push(0.0);
+    sigmas
+}
+
+/// A network with its preconditioning, labels and guidance, seen as a denoiser.
+pub struct NetDenoiser<'a, B: Backend> {
+    pub net: &'a UNet<B>,
+    pub precond: Precond,
+    /// `[N]` class labels for a conditional network.
+    pub labels: Option<Tensor<B, 1, Int>>,
+    /// Classifier-free guidance: `D = D(∅) + w (D(y) − D(∅))`; 1 is plain conditional.
+    pub guidance: f64,
+}
+
+impl<B: Backend> Denoise<B> for NetDenoiser<'_, B> {
+    fn denoise(&self, x: Tensor<B, 4>, sigma: f64) -> Tensor<B, 4> {
+        let n = x.dims()[0];
+        let device = x.device();
+        let sigma = || Tensor::full([n], sigma, &device);
+        let conditional = self.precond.denoise(self.net, x.clone(), sigma(), self.labels.clone());
+        match self.net.null_label() {
+            Some(null) if self.guidance != 1.0 => {
+                let unconditional = self.precond.denoise(self.net, x, sigma(), Some(Tensor::full([n], null as i64, &device)));
+                unconditional.clone() + (conditional - unconditional) * self.guidance
+            }
+            _ => conditional,
+        }
+    }
+}
+
+/// Class labels of a sample grid: `i mod num_classes`, so each grid column is one class when
+/// the grid has `num_classes` columns.
+pub fn grid_labels<B: Backend>(n: usize, num_classes: usize, device: &B::Device) -> Option<Tensor<B, 1, Int>> {
+    (num_classes > 0).then(|| {
+        let labels: Vec<i64> = (0..n).map(|i| (i % num_classes) as i64).collect();
+        Tensor::from_data(burn::tensor::TensorData::new(labels, [n]), device)
+    })
+}
+
+/// Generates `n` images of shape `[channels, size, size]` with the configured sampler,
+/// from noise fixed by `options.seed`.
+pub fn generate<B: Backend>(
+    net: &UNet<B>,
+    precond: Precond,
+    schedule: &Schedule,
+    options: &SampleConfig,
+    n: usize,
+    [channels, size]: [usize; 2],
+    device: &B::Device,
+) -> Tensor<B, 4> {
+    let sigmas = sigmas(schedule, options.steps);
+    B::seed(device, seeds::derive(options.seed, Stream::Sample, 0));
+    // x_T ~ N(0, I) in VP coordinates is N(0, 1 + s²) in EDM coordinates.
+    let x = Tensor::random([n, channels, size, size], Distribution::Normal(0.0, 1.0), device) * (1.0 + sigmas[0].powi(2)).sqrt();
+    let denoiser = NetDenoiser { net, precond, labels: grid_labels(n, net.num_classes(), device), guidance: options.guidance };
+    let shape = x.shape();
+    let mut noise = || Tensor::random(shape.clone(), Distribution::Normal(0.0, 1.0), device);
+    match options.sampler {
+        SamplerKind::Ddim => sample_ddim(&denoiser, x, &sigmas, options.eta, &mut noise),
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use emulsion_schedule::ScheduleKind;
+
+    /// The exact denoiser of data `N(mu, s² I)`: `D(x; σ) = mu + s² / (s² + σ²) (x − mu)`.
+    pub(crate) struct GaussianDenoiser {
+        pub mu: f64,
+        pub s: f64,
+    }
+
+    impl<B: Backend> Denoise<B> for GaussianDenoiser {
+        fn denoise(&self, x: Tensor<B, 4>, sigma: f64) -> Tensor<B, 4> {
+            let k = self.s * self.s / (self.s * self.s + sigma * sigma);
+            (x - self.mu) * k + self.mu
+        }
+    }
+
+    #[test]
+    fn sigmas_fall_from_the_schedules_noisiest_level_to_zero() {
+        let s = sigmas(&Schedule::new(ScheduleKind::Cosine, -10.0, 10.0), 5);
+        assert_eq!(s.len(), 6);
+        assert!((s[0] - 5f64.exp()).abs() < 1e-9 && (s[4] - (-5f64).exp()).abs() < 1e-12 && s[5] == 0.0);
+        assert!(s.windows(2).all(|w| w[0] > w[1]));
+    }
+}

@@ -1,0 +1,214 @@
+//! The module Burn's `Learner` trains: the network, its EMA copy (kept in the module so it is
+//! checkpointed with it), and the recipe of one training step.
+
+use burn::module::{AutodiffModule, Module, ModuleVisitor, Param};
+use burn::optim::{GradientsParams, Optimizer};
+use burn::prelude::*;
+use burn::tensor::backend::AutodiffBackend;
+use burn::tensor::{Distribution, Transaction};
+use burn::train::metric::{Adaptor, ItemLazy, LossInput};
+use burn::train::{InferenceStep, TrainOutput, TrainStep};
+use burn::backend::Flex;
+use emulsion_models::{UNet, UNetConfig};
+
+use crate::data::DiffusionBatch;
+use crate::objective::{Objective, ObjectiveInput};
+use crate::optim::{clip_grad_global_norm, update_ema};
+use crate::seeds::{self, Stream};
+
+/// Everything about a training step that is not a weight.
+#[derive(Debug, Clone)]
+pub struct Recipe {
+    pub objective: Objective,
+    /// Seeds each step's randomness together with the step index.
+    pub seed: u64,
+    pub ema_decay: f64,
+    /// Global gradient-norm threshold; 0 disables clipping.
+    pub grad_clip: f64,
+    /// Probability of training a sample on the null label (classifier-free guidance).
+    pub label_dropout: f64,
+}
+
+/// The trained module: `net` is optimised, `ema` follows it.
+#[derive(Module, Debug)]
+pub struct Trainer<B: Backend> {
+    pub net: UNet<B>,
+    pub ema: UNet<B>,
+    #[module(skip)]
+    pub recipe: Recipe,
+}
+
+impl Recipe {
+    /// Builds the network and its EMA copy, identical weights drawn from the run seed.
+    pub fn init<B: Backend>(self, unet: &UNetConfig, device: &B::Device) -> Trainer<B> {
+        let init = |device: &B::Device| {
+            B::seed(device, seeds::derive(self.seed, Stream::Init, 0));
+            let net = unet.init::<B>(device);
+            // Burn initialises lazily; draw every parameter now, in a fixed order.
+            materialize(&net);
+            net
+        };
+        // Two initialisations from one seed: the same values under distinct parameter ids, so
+        // the optimiser never mistakes an EMA parameter for a weight.
+        Trainer { net: init(device), ema: init(device), recipe: self }
+    }
+}
+
+/// Draws the values of every lazily initialised parameter of `module`.
+pub fn materialize<B: Backend, M: Module<B>>(module: &M) {
+    struct Touch;
+    impl<B: Backend> ModuleVisitor<B> for Touch {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+            let _ = param.val();
+        }
+    }
+    module.visit(&mut Touch);
+}
+
+impl<B: Backend> Trainer<B> {
+    /// The mean loss of `batch` (not reduced across devices), with all of the step's randomness
+    /// drawn from the backend generator seeded by `(seed, step)`.
+    pub fn loss(&self, batch: DiffusionBatch<B>) -> Tensor<B, 1> {
+        let DiffusionBatch { images, labels, step } = batch;
+        let device = images.device();
+        B::seed(&device, seeds::derive(self.recipe.seed, Stream::Step, step));
+        let noise = Tensor::random(images.shape(), Distribution::Normal(0.0, 1.0), &device);
+        let labels = match (self.net.null_label(), labels) {
+            (Some(null), Some(labels)) => Some(self.drop_labels(labels, null)),
+            _ => None,
+        };
+        let losses = self.recipe.objective.loss(&self.net, ObjectiveInput { x0: images, noise, labels });
+        losses.mean()
+    }
+
+    /// Replaces each label by `null` with probability `label_dropout`.
+    fn drop_labels(&self, labels: Tensor<B, 1, Int>, null: usize) -> Tensor<B, 1, Int> {
+        if self.recipe.label_dropout <= 0.0 {
+            return labels;
+        }
+        let dropped = Tensor::<B, 1>::random(labels.shape(), Distribution::Default, &labels.device())
+            .lower_elem(self.recipe.label_dropout);
+        labels.mask_fill(dropped, null as i64)
+    }
+}
+
+/// What a training step reports: its mean loss.
+pub struct DiffusionOutput<B: Backend> {
+    pub loss: Tensor<B, 1>,
+}
+
+impl<B: Backend> Adaptor<LossInput<B>> for DiffusionOutput<B> {
+    fn adapt(&self) -> LossInput<B> {
+        LossInput::new(self.loss.clone())
+    }
+}
+
+impl<B: Backend> ItemLazy for DiffusionOutput<B> {
+    type ItemSync = DiffusionOutput<Flex>;
+
+    /// Reads the loss back on the metrics thread, so the training loop never waits for it.
+    fn sync(self) -> Self::ItemSync {
+        let [loss] = Transaction::default().register(self.loss).execute().try_into().expect("one tensor");
+        DiffusionOutput { loss: Tensor::from_data(loss, &Default::default()) }
+    }
+}
+
+impl<B: AutodiffBackend> TrainStep for Trainer<B> {
+    type Input = DiffusionBatch<B>;
+    type Output = DiffusionOutput<B>;
+
+    fn step(&self, batch: DiffusionBatch<B>) -> TrainOutput<DiffusionOutput<B>> {
+        let loss = self.loss(batch);
+        let grads = loss.backward();
+        TrainOutput::new(self, grads, DiffusionOutput { loss: loss.detach() })
+    }
+
+    /// Clips by global norm, takes the optimiser step, then moves the EMA toward the new weights.
+    fn optimize<AB, O>(self, optim: &mut O, lr: f64, grads: GradientsParams) -> Self
+    where
+        AB: AutodiffBackend,
+        O: Optimizer<Self, AB>,
+        Self: AutodiffModule<AB>,
+    {
+        let (clip, decay) = (self.recipe.grad_clip, self.recipe.ema_decay);
+        let grads = if clip > 0.0 { clip_grad_global_norm::<AB, Self>(&self, grads, clip) } else { grads };
+        let stepped = optim.step(lr, self, grads);
+        update_ema::<AB, Self>(stepped, "net", "ema", decay)
+    }
+}
+
+impl<B: Backend> InferenceStep for Trainer<B> {
+    type Input = DiffusionBatch<B>;
+    type Output = DiffusionOutput<B>;
+
+    fn step(&self, batch: DiffusionBatch<B>) -> DiffusionOutput<B> {
+        DiffusionOutput { loss: self.loss(batch) }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Config, DatasetKind};
+    use crate::{TestAutodiffBackend, TestBackend};
+
+    fn recipe(seed: u64) -> Recipe {
+        let config = Config::from_toml("[data]\ndataset = \"idx\"\n", std::path::Path::new("t.toml"), &[]).unwrap();
+        assert_eq!(config.data.dataset, DatasetKind::Idx);
+        Recipe { objective: Objective::from_config(&config), seed, ema_decay: 0.5, grad_clip: 1.0, label_dropout: 0.5 }
+    }
+
+    fn tiny() -> UNetConfig {
+        UNetConfig::new(4, 1).with_model_channels(4).with_channel_mult(vec![1]).with_num_blocks(1).with_attn_resolutions(vec![]).with_num_classes(3)
+    }
+
+    #[test]
+    fn net_and_ema_start_equal_with_distinct_ids_and_init_is_seeded() {
+        let device = Default::default();
+        let a = recipe(3).init::<TestBackend>(&tiny(), &device);
+        let b = recipe(3).init::<TestBackend>(&tiny(), &device);
+        let c = recipe(4).init::<TestBackend>(&tiny(), &device);
+        let weights = |m: &UNet<TestBackend>| -> Vec<f32> {
+            let mut v = Vec::new();
+            struct Grab<'a>(&'a mut Vec<f32>);
+            impl ModuleVisitor<TestBackend> for Grab<'_> {
+                fn visit_float<const D: usize>(&mut self, p: &Param<Tensor<TestBackend, D>>) {
+                    self.0.extend(p.val().into_data().to_vec::<f32>().unwrap());
+                }
+            }
+            m.visit(&mut Grab(&mut v));
+            v
+        };
+        assert_eq!(weights(&a.net), weights(&a.ema));
+        assert_eq!(weights(&a.net), weights(&b.net));
+        assert_ne!(weights(&a.net), weights(&c.net));
+        let ids = burn::module::list_param_ids(&a.net);
+        assert!(burn::module::list_param_ids(&a.ema).iter().all(|id| !ids.contains(id)));
+    }
+
+    #[test]
+    fn label_dropout_uses_the_null_label_at_the_configured_rate() {
+        let device = Default::default();
+        let trainer = recipe(0).init::<TestBackend>(&tiny(), &device);
+        <TestBackend as Backend>::seed(&device, 9);
+        let labels = Tensor::<TestBackend, 1, Int>::zeros([4000], &device);
+        let dropped: Vec<i64> = trainer.drop_labels(labels, 3).into_data().convert::<i64>().to_vec().unwrap();
+        let nulls = dropped.iter().filter(|&&l| l == 3).count() as f64 / 4000.0;
+        assert!(dropped.iter().all(|&l| l == 0 || l == 3));
+        assert!((nulls - 0.5).abs() < 0.05, "{nulls}");
+    }
+
+    #[test]
+    fn a_step_is_a_pure_function_of_seed_and_step() {
+        let device = Default::default();
+        let trainer = recipe(1).init::<TestAutodiffBackend>(&tiny(), &device);
+        let batch = |step| DiffusionBatch::<TestAutodiffBackend> {
+            images: Tensor::zeros([2, 1, 4, 4], &device),
+            labels: Some(Tensor::from_ints([0, 1], &device)),
+            step,
+        };
+        let loss = |step| trainer.loss(batch(step)).into_scalar();
+        assert_eq!(loss(5), loss(5));
+        assert_ne!(loss(5), loss(6));
+    }
+}

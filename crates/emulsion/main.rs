@@ -1,0 +1,156 @@
+//! `emulsion`: train diffusion models faster, on Burn.
+//!
+//! This crate is the command line and the glue: it parses arguments, picks the backend the
+//! device asks for, and calls `emulsion-train`.
+
+mod device;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand};
+use emulsion_train::config::DeviceChoice;
+use emulsion_train::{Config, Resume, SampleRequest, TrainOptions};
+
+#[derive(Parser)]
+#[command(name = "emulsion", version, about = "Train diffusion and consistency models faster, on Burn")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Train a model described by a TOML config (see configs/).
+    Train(TrainArgs),
+    /// Draw a grid of images from the EMA weights of a run's newest checkpoint.
+    Sample(SampleArgs),
+}
+
+#[derive(Args)]
+struct TrainArgs {
+    /// The config file, e.g. configs/quickstart.toml.
+    config: PathBuf,
+    /// Override a config key, e.g. --set train.steps=2000 (repeatable; applied in order).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    overrides: Vec<String>,
+    /// Where to run: auto, cpu, ndarray, wgpu or cuda (overrides run.device).
+    #[arg(long)]
+    device: Option<String>,
+    /// Continue the run from its newest checkpoint, or from the checkpoint folder PATH.
+    #[arg(long, value_name = "PATH", num_args = 0..=1, default_missing_value = "")]
+    resume: Option<PathBuf>,
+    /// Delete an existing run directory of the same name and start over.
+    #[arg(long, conflicts_with = "resume")]
+    overwrite: bool,
+    /// Print the resolved configuration and exit.
+    #[arg(long)]
+    dry_run: bool,
+}
+
+#[derive(Args)]
+struct SampleArgs {
+    /// A run directory (its newest checkpoint is used) or a checkpoint folder.
+    run_dir: PathBuf,
+    /// Number of images.
+    #[arg(long, default_value_t = 64)]
+    n: usize,
+    /// Sampler steps (default: the run's sample.steps).
+    #[arg(long)]
+    steps: Option<usize>,
+    /// DDIM η (default: the run's sample.eta).
+    #[arg(long)]
+    eta: Option<f64>,
+    /// Seed of the sampling noise (default: the run's sample.seed).
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Classifier-free guidance scale for conditional models (default: the run's sample.guidance).
+    #[arg(long)]
+    guidance: Option<f64>,
+    /// Output PNG.
+    #[arg(long, default_value = "grid.png")]
+    out: PathBuf,
+    /// Where to run: auto, cpu, ndarray, wgpu or cuda.
+    #[arg(long, default_value = "auto")]
+    device: String,
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("EMULSION_LOG").unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Train(args) => train(args),
+        Command::Sample(args) => sample(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn parse_device(value: &str) -> Result<DeviceChoice> {
+    toml::Value::String(value.to_string())
+        .try_into::<DeviceChoice>()
+        .map_err(|e| anyhow::anyhow!("--device {value}: {}", e.message()))
+}
+
+fn train(args: TrainArgs) -> Result<()> {
+    let mut config = Config::load(&args.config, &args.overrides)?;
+    if let Some(device) = &args.device {
+        config.run.device = parse_device(device)?;
+    }
+    if args.dry_run {
+        print!("{}", config.to_toml());
+        return Ok(());
+    }
+    let options = TrainOptions {
+        resume: match args.resume {
+            None => Resume::No,
+            Some(path) if path.as_os_str().is_empty() => Resume::Latest,
+            Some(path) => Resume::From(path),
+        },
+        overwrite: args.overwrite,
+    };
+    let backend = device::resolve(config.run.device)?;
+    eprintln!("device: {}", backend.describe());
+    let report = on_backend!(backend, B => {
+        emulsion_train::train::<burn::backend::Autodiff<B>>(&config, &Default::default(), &options)
+    })
+    .with_context(|| format!("training {}", args.config.display()))?;
+    if let Some(samples) = &report.last_samples {
+        eprintln!("samples: {}", samples.display());
+    }
+    if let Some(checkpoint) = &report.last_checkpoint {
+        eprintln!("checkpoint: {}", checkpoint.display());
+    }
+    Ok(())
+}
+
+fn sample(args: SampleArgs) -> Result<()> {
+    let request = SampleRequest {
+        n: args.n,
+        steps: args.steps,
+        eta: args.eta,
+        seed: args.seed,
+        guidance: args.guidance,
+        out: args.out,
+    };
+    anyhow::ensure!(request.n > 0, "--n must be at least 1");
+    anyhow::ensure!(request.steps != Some(0), "--steps must be at least 1");
+    let backend = device::resolve(parse_device(&args.device)?)?;
+    let out = on_backend!(backend, B => {
+        emulsion_train::sample::<B>(&args.run_dir, &request, &Default::default())
+    })
+    .with_context(|| format!("sampling from {}", args.run_dir.display()))?;
+    eprintln!("wrote {}", out.display());
+    Ok(())
+}

@@ -1,0 +1,267 @@
+//! The `emulsion` command as a user runs it: configs, errors, training, sampling, resuming.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// The repository root (the binary package's manifest dir).
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn emulsion(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_emulsion"))
+        .args(args)
+        .current_dir(repo())
+        .env("XDG_RUNTIME_DIR", std::env::temp_dir())
+        .output()
+        .expect("the emulsion binary runs")
+}
+
+fn tempdir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("emulsion-cli-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+/// Fails with the command's stderr unless it succeeded.
+fn ok(output: Output) -> Output {
+    assert!(output.status.success(), "command failed ({}):\n{}", output.status, stderr(&output));
+    output
+}
+
+/// Asserts a clean failure: exit code 1 (not a panic's 101) and every `needle` in stderr.
+fn fails_with(output: Output, needles: &[&str]) {
+    let err = stderr(&output);
+    assert_eq!(output.status.code(), Some(1), "expected exit code 1, got {}:\n{err}", output.status);
+    assert!(!err.contains("panicked"), "panicked:\n{err}");
+    for needle in needles {
+        assert!(err.contains(needle), "stderr lacks {needle:?}:\n{err}");
+    }
+}
+
+/// Overrides that shrink the quick start to a seconds-long CPU run writing into `out`.
+fn tiny(out: &Path, name: &str) -> Vec<String> {
+    [
+        format!("run.out_dir={}", out.display()),
+        format!("run.name={name}"),
+        "data.limit=64".into(),
+        "model.channels=8".into(),
+        "model.channel_mult=[1, 2]".into(),
+        "model.num_blocks=1".into(),
+        "model.attn_resolutions=[14]".into(),
+        "train.batch_size=8".into(),
+        "train.steps=4".into(),
+        "train.checkpoint_every=2".into(),
+        "train.sample_every=2".into(),
+        "train.log_every=1".into(),
+        "sample.n=4".into(),
+        "sample.steps=3".into(),
+    ]
+    .into_iter()
+    .collect()
+}
+
+fn with_sets<'a>(base: &[&'a str], sets: &'a [String]) -> Vec<&'a str> {
+    let mut args = base.to_vec();
+    for set in sets {
+        args.push("--set");
+        args.push(set);
+    }
+    args
+}
+
+#[test]
+fn dry_run_prints_the_resolved_config_with_overrides() {
+    let out = ok(emulsion(&["train", "configs/quickstart.toml", "--dry-run", "--set", "train.steps=5", "--device", "cpu"]));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("steps = 5") && text.contains("device = \"cpu\""), "{text}");
+    ok(emulsion(&["train", "configs/cifar.toml", "--dry-run"]));
+}
+
+#[test]
+fn every_example_config_is_valid() {
+    for entry in std::fs::read_dir(repo().join("configs")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "toml") {
+            ok(emulsion(&["train", path.to_str().unwrap(), "--dry-run"]));
+        }
+    }
+}
+
+#[test]
+fn malformed_configs_name_the_key_and_never_panic() {
+    let dir = tempdir("bad-config");
+    let write = |name: &str, text: &str| {
+        let path = dir.join(name);
+        std::fs::write(&path, text).unwrap();
+        path.to_str().unwrap().to_string()
+    };
+    let unknown = write("unknown.toml", "[data]\ndataset = \"idx\"\n[train]\nstepz = 3\n");
+    fails_with(emulsion(&["train", &unknown]), &["unknown.toml:4", "`train.stepz`", "unknown field"]);
+    let wrong_type = write("type.toml", "[data]\ndataset = \"idx\"\n[train]\nbatch_size = \"big\"\n");
+    fails_with(emulsion(&["train", &wrong_type]), &["type.toml:4", "`train.batch_size`", "invalid type"]);
+    let bad_enum = write("enum.toml", "[data]\ndataset = \"idx\"\n[diffusion]\nschedule = \"fancy\"\n");
+    fails_with(emulsion(&["train", &bad_enum]), &["enum.toml:4", "`diffusion.schedule`", "`cosine`"]);
+    let syntax = write("syntax.toml", "[data\n");
+    fails_with(emulsion(&["train", &syntax]), &["syntax.toml"]);
+    fails_with(emulsion(&["train", "configs/quickstart.toml", "--set", "model.dropout=2"]), &["`model.dropout`"]);
+    fails_with(emulsion(&["train", "configs/quickstart.toml", "--set", "train.steps=x"]), &["--set train.steps=x", "`train.steps`"]);
+    fails_with(emulsion(&["train", "configs/quickstart.toml", "--device", "tpu"]), &["--device tpu", "`cpu`"]);
+    fails_with(emulsion(&["train", &dir.join("absent.toml").to_string_lossy()]), &["absent.toml"]);
+    let missing_data = write("nodata.toml", &format!("[data]\ndataset = \"cifar10\"\npath = \"{}\"\n", dir.join("none").display()));
+    fails_with(emulsion(&["train", &missing_data, "--device", "cpu"]), &["data_batch_1.bin", "cifar-10-binary.tar.gz"]);
+    let unlabeled = write(
+        "folder.toml",
+        &format!("[data]\ndataset = \"folder\"\npath = \"{}\"\nimage_size = 8\n", dir.display()),
+    );
+    fails_with(emulsion(&["train", &unlabeled, "--device", "cpu"]), &["no PNG or JPEG images"]);
+}
+
+#[test]
+fn backends_missing_from_the_build_are_a_clear_error() {
+    if !cfg!(feature = "cuda") {
+        fails_with(emulsion(&["train", "configs/quickstart.toml", "--device", "cuda"]), &["built without the `cuda` backend"]);
+    }
+}
+
+#[test]
+fn quickstart_data_trains_samples_and_fills_the_run_directory() {
+    let out = tempdir("quickstart");
+    let sets = tiny(&out, "qs");
+    ok(emulsion(&with_sets(&["train", "configs/quickstart.toml", "--device", "cpu"], &sets)));
+    let run = out.join("qs");
+    for file in ["config.toml", "unet.json", "metrics.jsonl", "loss.png", "samples/step-00000002.png", "samples/step-00000004.png"] {
+        assert!(run.join(file).is_file(), "{file} is missing");
+    }
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(run.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.iter().map(|l| l["step"].as_u64().unwrap()).collect::<Vec<_>>(), vec![1, 2, 3, 4]);
+    for key in ["loss", "lr", "images_per_s", "wall_time_s"] {
+        assert!(lines.iter().all(|l| l[key].as_f64().is_some_and(f64::is_finite)), "{key}");
+    }
+    assert!(run.join("checkpoints/step-00000004/model.mpk").is_file());
+
+    // Training again into the same run is refused: it would replace finished checkpoints.
+    fails_with(emulsion(&with_sets(&["train", "configs/quickstart.toml", "--device", "cpu"], &sets)), &["--resume", "--overwrite"]);
+    // Resuming a finished run is a no-op that succeeds.
+    ok(emulsion(&with_sets(&["train", "configs/quickstart.toml", "--device", "cpu", "--resume"], &sets)));
+
+    let grid = out.join("grid.png");
+    ok(emulsion(&["sample", run.to_str().unwrap(), "--n", "3", "--steps", "2", "--out", grid.to_str().unwrap(), "--device", "cpu"]));
+    let img = image_dimensions(&grid);
+    // 3 images of 28 px in a 2-column grid with 2 px borders: 2 * 30 + 2 wide, 2 rows.
+    assert_eq!(img, (62, 62));
+    fails_with(emulsion(&["sample", out.to_str().unwrap(), "--device", "cpu"]), &["no checkpoint"]);
+}
+
+#[test]
+fn sigkill_at_any_moment_leaves_a_resumable_run() {
+    let out = tempdir("sigkill");
+    let mut sets = tiny(&out, "killed");
+    sets.extend(["train.steps=30".to_string(), "train.checkpoint_every=3".into(), "train.sample_every=0".into()]);
+    let args = with_sets(&["train", "configs/quickstart.toml", "--device", "cpu"], &sets);
+    let checkpoints = out.join("killed/checkpoints");
+    // Kill three times, at different moments after checkpoints start to appear.
+    for (round, extra_ms) in [0u64, 150, 400].into_iter().enumerate() {
+        let mut args = args.clone();
+        if round > 0 {
+            args.push("--resume");
+        }
+        let mut child = Command::new(env!("CARGO_BIN_EXE_emulsion"))
+            .args(&args)
+            .current_dir(repo())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let before = newest_step(&checkpoints);
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while newest_step(&checkpoints) == before && Instant::now() < deadline {
+            if child.try_wait().unwrap().is_some() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        std::thread::sleep(Duration::from_millis(extra_ms));
+        child.kill().unwrap(); // SIGKILL
+        child.wait().unwrap();
+        // Whatever the moment, the newest checkpoint is complete and loads.
+        if newest_step(&checkpoints).is_some() {
+            let grid = out.join(format!("after-kill-{round}.png"));
+            ok(emulsion(&["sample", out.join("killed").to_str().unwrap(), "--n", "1", "--steps", "1", "--out", grid.to_str().unwrap(), "--device", "cpu"]));
+        }
+    }
+    let mut args = args.clone();
+    args.push("--resume");
+    ok(emulsion(&args));
+    assert_eq!(newest_step(&checkpoints), Some(30));
+    let last = std::fs::read_to_string(out.join("killed/metrics.jsonl")).unwrap();
+    let last: serde_json::Value = serde_json::from_str(last.lines().last().unwrap()).unwrap();
+    assert_eq!(last["step"], 30);
+}
+
+#[test]
+fn cifar_format_files_train_with_the_cifar_config() {
+    let out = tempdir("cifar");
+    let data = out.join("cifar-10-batches-bin");
+    std::fs::create_dir_all(&data).unwrap();
+    for name in ["data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4", "data_batch_5", "test_batch"] {
+        let mut bytes = Vec::new();
+        for k in 0..4u8 {
+            bytes.push(k);
+            bytes.extend(std::iter::repeat_n(k * 60, 3072));
+        }
+        std::fs::write(data.join(format!("{name}.bin")), bytes).unwrap();
+    }
+    let sets = [
+        format!("data.path={}", out.display()),
+        format!("run.out_dir={}", out.display()),
+        "train.steps=2".into(),
+        "train.batch_size=4".into(),
+        "model.channels=8".into(),
+        "model.num_blocks=1".into(),
+        "sample.n=2".into(),
+        "sample.steps=2".into(),
+    ];
+    ok(emulsion(&with_sets(&["train", "configs/cifar.toml", "--device", "cpu"], &sets)));
+    assert!(out.join("cifar/samples/step-00000002.png").is_file());
+}
+
+#[test]
+fn wgpu_on_lavapipe_trains_and_samples() {
+    if !cfg!(feature = "wgpu") || std::env::var_os("EMULSION_SKIP_WGPU").is_some() {
+        eprintln!("skipped: built without wgpu, or EMULSION_SKIP_WGPU is set");
+        return;
+    }
+    let out = tempdir("wgpu");
+    let mut sets = tiny(&out, "wgpu");
+    sets.extend(["train.steps=2".to_string(), "data.limit=16".into(), "train.batch_size=4".into(), "sample.n=2".into(), "sample.steps=2".into()]);
+    ok(emulsion(&with_sets(&["train", "configs/quickstart.toml", "--device", "wgpu"], &sets)));
+    assert!(out.join("wgpu/samples/step-00000002.png").is_file());
+}
+
+fn newest_step(checkpoints: &Path) -> Option<u64> {
+    std::fs::read_dir(checkpoints)
+        .ok()?
+        .flatten()
+        .filter(|e| e.path().join("state.json").is_file())
+        .filter_map(|e| e.file_name().to_str()?.strip_prefix("step-")?.parse().ok())
+        .max()
+}
+
+/// Width and height of a PNG, from its IHDR chunk.
+fn image_dimensions(path: &Path) -> (u32, u32) {
+    let bytes = std::fs::read(path).unwrap();
+    assert_eq!(&bytes[1..4], b"PNG");
+    let be = |i: usize| u32::from_be_bytes(bytes[i..i + 4].try_into().unwrap());
+    (be(16), be(20))
+}

@@ -142,6 +142,12 @@ enum WgpuAdapter {
 #[cfg(feature = "wgpu")]
 fn wgpu_adapter() -> Option<WgpuAdapter> {
     use burn::backend::wgpu::{graphics::AutoGraphicsApi, init_setup, RuntimeOptions, WgpuDevice};
+    if std::env::var_os("XDG_RUNTIME_DIR").is_none() {
+        // Without it, the graphics stack prints "error: XDG_RUNTIME_DIR is invalid" while
+        // probing adapters on headless machines; compute needs no display.
+        // SAFETY: called before any other thread of ours reads the environment.
+        unsafe { std::env::set_var("XDG_RUNTIME_DIR", std::env::temp_dir()) };
+    }
     let setup = quietly(|| init_setup::<AutoGraphicsApi>(&WgpuDevice::DefaultDevice, RuntimeOptions::default()))?;
     let info = setup.adapter.get_info();
     let name = format!("{} ({:?})", info.name, info.backend);

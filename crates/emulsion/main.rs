@@ -39,8 +39,8 @@ struct TrainArgs {
     #[arg(long)]
     device: Option<String>,
     /// Continue the run from its newest checkpoint, or from the checkpoint folder PATH.
-    #[arg(long, value_name = "PATH", num_args = 0..=1, default_missing_value = "")]
-    resume: Option<PathBuf>,
+    #[arg(long, value_name = "PATH")]
+    resume: Option<Option<PathBuf>>,
     /// Delete an existing run directory of the same name and start over.
     #[arg(long, conflicts_with = "resume")]
     overwrite: bool,
@@ -68,6 +68,9 @@ struct SampleArgs {
     /// Classifier-free guidance scale for conditional models (default: the run's sample.guidance).
     #[arg(long)]
     guidance: Option<f64>,
+    /// Clamp denoised estimates to [-1, 1]: true or false (default: the run's sample.clip_denoised).
+    #[arg(long, value_name = "BOOL")]
+    clip_denoised: Option<bool>,
     /// Output PNG.
     #[arg(long, default_value = "grid.png")]
     out: PathBuf,
@@ -115,8 +118,8 @@ fn train(args: TrainArgs) -> Result<()> {
     let options = TrainOptions {
         resume: match args.resume {
             None => Resume::No,
-            Some(path) if path.as_os_str().is_empty() => Resume::Latest,
-            Some(path) => Resume::From(path),
+            Some(None) => Resume::Latest,
+            Some(Some(path)) => Resume::From(path),
         },
         overwrite: args.overwrite,
     };
@@ -142,6 +145,7 @@ fn sample(args: SampleArgs) -> Result<()> {
         eta: args.eta,
         seed: args.seed,
         guidance: args.guidance,
+        clip_denoised: args.clip_denoised,
         out: args.out,
     };
     anyhow::ensure!(request.n > 0, "--n must be at least 1");

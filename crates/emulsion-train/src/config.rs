@@ -203,6 +203,9 @@ pub enum AssignmentMethod {
 #[serde(deny_unknown_fields, default)]
 pub struct TrainConfig {
     pub batch_size: usize,
+    /// Images per forward/backward pass: a batch is split into micro-batches of this size and
+    /// their gradients summed, to bound memory (EDM's `batch_gpu`). 0: the whole batch at once.
+    pub micro_batch: usize,
     /// Optimiser steps in the whole run.
     pub steps: usize,
     /// Peak learning rate of AdamW.
@@ -229,6 +232,7 @@ impl Default for TrainConfig {
     fn default() -> Self {
         Self {
             batch_size: 128,
+            micro_batch: 0,
             steps: 200_000,
             lr: 2e-4,
             warmup_steps: 5_000,
@@ -259,11 +263,13 @@ pub struct SampleConfig {
     pub seed: u64,
     /// Classifier-free guidance scale (conditional models); 1 is plain conditional sampling.
     pub guidance: f64,
+    /// Clamp each denoised estimate to the data range [-1, 1], as DDPM and DDIM do.
+    pub clip_denoised: bool,
 }
 
 impl Default for SampleConfig {
     fn default() -> Self {
-        Self { sampler: SamplerKind::Ddim, steps: 50, eta: 0.0, n: 64, seed: 0, guidance: 1.0 }
+        Self { sampler: SamplerKind::Ddim, steps: 50, eta: 0.0, n: 64, seed: 0, guidance: 1.0, clip_denoised: true }
     }
 }
 
@@ -337,12 +343,12 @@ impl Config {
         Ok(config)
     }
 
-    /// The image side: `data.image_size`, or the dataset's native size.
+    /// The image side: `data.image_size`, or the dataset's native size where the format fixes
+    /// it (CIFAR-10); `None` until the files are read otherwise.
     pub fn image_size(&self) -> Option<usize> {
         self.data.image_size.or(match self.data.dataset {
             DatasetKind::Cifar10 => Some(32),
-            DatasetKind::Idx => Some(28),
-            DatasetKind::Folder => None,
+            DatasetKind::Idx | DatasetKind::Folder => None,
         })
     }
 
@@ -536,7 +542,7 @@ mod tests {
         assert_eq!(c.train.steps, 2000);
         assert_eq!(c.diffusion.schedule, ScheduleKind::Cosine);
         assert_eq!(c.model.channel_mult, vec![1, 2]);
-        assert_eq!(c.image_size(), Some(28));
+        assert_eq!(c.image_size(), None, "IDX files say their size");
         assert_eq!(c.attn_resolutions(28), vec![14], "attention defaults to the second level");
         assert_eq!(c.attn_resolutions(32), vec![16]);
         assert_eq!(c.data_path().unwrap(), PathBuf::from("/usr/share/datasets/fashion-mnist"));
@@ -579,7 +585,7 @@ mod tests {
         assert!(e.contains("`data`") && e.contains("missing"), "{e}");
         let e = load(MINIMAL, &["train.batch_size=0"]).unwrap_err().to_string();
         assert!(e.contains("`train.batch_size`") && e.contains("at least 1"), "{e}");
-        let e = load(MINIMAL, &["model.attn_resolutions=[5]"]).unwrap_err().to_string();
+        let e = load(MINIMAL, &["data.image_size=28", "model.attn_resolutions=[5]"]).unwrap_err().to_string();
         assert!(e.contains("`model`") && e.contains("attention resolution 5"), "{e}");
         let e = load("[data]\ndataset = \"idx\"\n[diffusion]\nlambda_min = 3.0\nlambda_max = 1.0\n", &[]).unwrap_err().to_string();
         assert!(e.contains("test.toml:4") && e.contains("`diffusion.lambda_min`"), "{e}");

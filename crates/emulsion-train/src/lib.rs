@@ -50,3 +50,11 @@ pub enum TrainError {
 pub(crate) type TestBackend = burn::backend::NdArray<f32>;
 #[cfg(test)]
 pub(crate) type TestAutodiffBackend = burn::backend::Autodiff<TestBackend>;
+
+/// Serialises the tests that draw from the backend's generator: it is one global per backend,
+/// and tests run on parallel threads, so a seeded test must not share it with another.
+#[cfg(test)]
+pub(crate) fn lock_backend_rng() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}

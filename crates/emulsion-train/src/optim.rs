@@ -156,6 +156,7 @@ mod tests {
 
     #[test]
     fn global_norm_clipping_scales_all_gradients_together() {
+        let _rng = crate::lock_backend_rng();
         let device = Default::default();
         let layer: Linear<TestAutodiffBackend> = LinearConfig::new(3, 2).init(&device);
         let x = Tensor::<TestAutodiffBackend, 2>::from_floats([[1.0, 2.0, 3.0]], &device);

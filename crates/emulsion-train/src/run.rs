@@ -101,6 +101,7 @@ impl Recipe {
             ema_decay: config.train.ema_decay,
             grad_clip: config.train.grad_clip,
             label_dropout: config.model.label_dropout,
+            micro_batch: config.train.micro_batch,
         }
     }
 }
@@ -118,6 +119,10 @@ pub fn train<B: AutodiffBackend>(config: &Config, device: &B::Device, options: &
         tracing::warn!("the dataset has {} images, fewer than a batch of {}", images.len(), config.train.batch_size);
     }
     let unet = config.unet_config(images.size, images.channels, images.num_classes);
+    unet.validate().map_err(|message| TrainError::Invalid {
+        key: "model",
+        message: format!("{message} (the images are {}x{})", images.size, images.size),
+    })?;
     let run = RunDir::new(config.run_dir());
     let resume_from = prepare_run_dir(&run, options)?;
 
@@ -287,6 +292,7 @@ pub struct SampleRequest {
     pub eta: Option<f64>,
     pub seed: Option<u64>,
     pub guidance: Option<f64>,
+    pub clip_denoised: Option<bool>,
     pub out: PathBuf,
 }
 
@@ -320,6 +326,7 @@ pub fn sample<B: Backend>(path: &Path, request: &SampleRequest, device: &B::Devi
         eta: request.eta.unwrap_or(defaults.eta),
         seed: request.seed.unwrap_or(defaults.seed),
         guidance: request.guidance.unwrap_or(defaults.guidance),
+        clip_denoised: request.clip_denoised.unwrap_or(defaults.clip_denoised),
         n: request.n,
         ..defaults.clone()
     };

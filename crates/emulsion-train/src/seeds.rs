@@ -16,6 +16,8 @@ pub enum Stream {
     Init = 4,
     /// Sampling noise.
     Sample = 5,
+    /// The micro-batches after the first of a split training step.
+    MicroBatch = 6,
 }
 
 /// A 64-bit seed for draw `counter` of `stream`.
@@ -39,7 +41,7 @@ mod tests {
     fn seeds_differ_across_streams_counters_and_runs() {
         let mut seen = std::collections::HashSet::new();
         for seed in 0..4 {
-            for stream in [Stream::DataOrder, Stream::Flips, Stream::Step, Stream::Init, Stream::Sample] {
+            for stream in [Stream::DataOrder, Stream::Flips, Stream::Step, Stream::Init, Stream::Sample, Stream::MicroBatch] {
                 for counter in 0..50 {
                     assert!(seen.insert(derive(seed, stream, counter)));
                 }

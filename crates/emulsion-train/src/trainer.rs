@@ -2,7 +2,7 @@
 //! checkpointed with it), and the recipe of one training step.
 
 use burn::module::{AutodiffModule, Module, ModuleVisitor, Param};
-use burn::optim::{GradientsParams, Optimizer};
+use burn::optim::{GradientsAccumulator, GradientsParams, Optimizer};
 use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::{Distribution, Transaction};
@@ -27,6 +27,9 @@ pub struct Recipe {
     pub grad_clip: f64,
     /// Probability of training a sample on the null label (classifier-free guidance).
     pub label_dropout: f64,
+    /// Images per forward/backward pass; a larger batch is split and its gradients summed
+    /// (EDM's `batch_gpu`). 0: the whole batch at once.
+    pub micro_batch: usize,
 }
 
 /// The trained module: `net` is optimised, `ema` follows it.
@@ -70,8 +73,15 @@ impl<B: Backend> Trainer<B> {
     /// drawn from the backend generator seeded by `(seed, step)`.
     pub fn loss(&self, batch: DiffusionBatch<B>) -> Tensor<B, 1> {
         let DiffusionBatch { images, labels, step } = batch;
+        self.chunk_loss(images, labels, step, 0)
+    }
+
+    /// The mean loss of micro-batch `chunk` of step `step`. Chunk 0 draws from the step's own
+    /// seed, so an unsplit batch is the same whatever `micro_batch` is.
+    fn chunk_loss(&self, images: Tensor<B, 4>, labels: Option<Tensor<B, 1, Int>>, step: u64, chunk: u64) -> Tensor<B, 1> {
         let device = images.device();
-        B::seed(&device, seeds::derive(self.recipe.seed, Stream::Step, step));
+        let step_seed = seeds::derive(self.recipe.seed, Stream::Step, step);
+        B::seed(&device, if chunk == 0 { step_seed } else { seeds::derive(step_seed, Stream::MicroBatch, chunk) });
         let noise = Tensor::random(images.shape(), Distribution::Normal(0.0, 1.0), &device);
         let labels = match (self.net.null_label(), labels) {
             (Some(null), Some(labels)) => Some(self.drop_labels(labels, null)),
@@ -117,10 +127,30 @@ impl<B: AutodiffBackend> TrainStep for Trainer<B> {
     type Input = DiffusionBatch<B>;
     type Output = DiffusionOutput<B>;
 
+    /// One backward pass per micro-batch; the gradients add up to those of the batch mean.
     fn step(&self, batch: DiffusionBatch<B>) -> TrainOutput<DiffusionOutput<B>> {
-        let loss = self.loss(batch);
-        let grads = loss.backward();
-        TrainOutput::new(self, grads, DiffusionOutput { loss: loss.detach() })
+        let DiffusionBatch { images, labels, step } = batch;
+        let n = images.dims()[0];
+        let size = match self.recipe.micro_batch {
+            0 => n,
+            m => m.min(n),
+        };
+        let mut accumulator = GradientsAccumulator::new();
+        let mut total: Option<Tensor<B, 1>> = None;
+        for (chunk, start) in (0..n).step_by(size).enumerate() {
+            let len = size.min(n - start);
+            let part_labels = labels.as_ref().map(|l| l.clone().narrow(0, start, len));
+            let part = self.chunk_loss(images.clone().narrow(0, start, len), part_labels, step, chunk as u64);
+            // Weighted by its share of the batch, so the sum is the batch mean.
+            let loss = if len == n { part } else { part * (len as f64 / n as f64) };
+            accumulator.accumulate(self, GradientsParams::from_grads(loss.backward(), self));
+            let loss = loss.detach();
+            total = Some(match total {
+                Some(t) => t + loss,
+                None => loss,
+            });
+        }
+        TrainOutput { grads: accumulator.grads(), item: DiffusionOutput { loss: total.expect("a batch has images") } }
     }
 
     /// Clips by global norm, takes the optimiser step, then moves the EMA toward the new weights.
@@ -155,7 +185,7 @@ mod tests {
     fn recipe(seed: u64) -> Recipe {
         let config = Config::from_toml("[data]\ndataset = \"idx\"\n", std::path::Path::new("t.toml"), &[]).unwrap();
         assert_eq!(config.data.dataset, DatasetKind::Idx);
-        Recipe { objective: Objective::from_config(&config), seed, ema_decay: 0.5, grad_clip: 1.0, label_dropout: 0.5 }
+        Recipe { objective: Objective::from_config(&config), seed, ema_decay: 0.5, grad_clip: 1.0, label_dropout: 0.5, micro_batch: 0 }
     }
 
     fn tiny() -> UNetConfig {
@@ -164,6 +194,7 @@ mod tests {
 
     #[test]
     fn net_and_ema_start_equal_with_distinct_ids_and_init_is_seeded() {
+        let _rng = crate::lock_backend_rng();
         let device = Default::default();
         let a = recipe(3).init::<TestBackend>(&tiny(), &device);
         let b = recipe(3).init::<TestBackend>(&tiny(), &device);
@@ -188,6 +219,7 @@ mod tests {
 
     #[test]
     fn label_dropout_uses_the_null_label_at_the_configured_rate() {
+        let _rng = crate::lock_backend_rng();
         let device = Default::default();
         let trainer = recipe(0).init::<TestBackend>(&tiny(), &device);
         <TestBackend as Backend>::seed(&device, 9);
@@ -200,6 +232,7 @@ mod tests {
 
     #[test]
     fn a_step_is_a_pure_function_of_seed_and_step() {
+        let _rng = crate::lock_backend_rng();
         let device = Default::default();
         let trainer = recipe(1).init::<TestAutodiffBackend>(&tiny(), &device);
         let batch = |step| DiffusionBatch::<TestAutodiffBackend> {
@@ -210,5 +243,53 @@ mod tests {
         let loss = |step| trainer.loss(batch(step)).into_scalar();
         assert_eq!(loss(5), loss(5));
         assert_ne!(loss(5), loss(6));
+    }
+
+    /// Every gradient of `module` in `grads`, flattened in visiting order.
+    fn flat_grads<M: Module<TestAutodiffBackend>>(module: &M, grads: &GradientsParams) -> Vec<f32> {
+        struct Grab<'a>(&'a GradientsParams, Vec<f32>);
+        impl ModuleVisitor<TestAutodiffBackend> for Grab<'_> {
+            fn visit_float<const D: usize>(&mut self, p: &Param<Tensor<TestAutodiffBackend, D>>) {
+                if let Some(g) = self.0.get::<TestBackend, D>(p.id) {
+                    self.1.extend(g.into_data().to_vec::<f32>().unwrap());
+                }
+            }
+        }
+        let mut grab = Grab(grads, Vec::new());
+        module.visit(&mut grab);
+        grab.1
+    }
+
+    #[test]
+    fn micro_batches_add_up_to_the_batch_mean() {
+        let _rng = crate::lock_backend_rng();
+        let device = Default::default();
+        let whole = recipe(2).init::<TestAutodiffBackend>(&tiny(), &device);
+        <TestAutodiffBackend as Backend>::seed(&device, 5);
+        let images = Tensor::<TestAutodiffBackend, 4>::random([3, 1, 4, 4], Distribution::Uniform(-1.0, 1.0), &device);
+        let labels = Tensor::<TestAutodiffBackend, 1, Int>::from_ints([0, 2, 1], &device);
+        let batch = DiffusionBatch { images: images.clone(), labels: Some(labels.clone()), step: 4 };
+
+        // A micro-batch at least as large as the batch changes nothing.
+        let mut same = recipe(2).init::<TestAutodiffBackend>(&tiny(), &device);
+        same.recipe.micro_batch = 8;
+        let (a, b) = (TrainStep::step(&whole, batch.clone()), TrainStep::step(&same, batch.clone()));
+        assert_eq!(a.item.loss.into_scalar(), b.item.loss.into_scalar());
+
+        // Chunks of 2 and 1: (2 · mean(chunk 0) + 1 · mean(chunk 1)) / 3, and its gradient.
+        let mut split = recipe(2).init::<TestAutodiffBackend>(&tiny(), &device);
+        split.recipe.micro_batch = 2;
+        let out = TrainStep::step(&split, batch);
+        let part = |start, len, chunk| {
+            split.chunk_loss(images.clone().narrow(0, start, len), Some(labels.clone().narrow(0, start, len)), 4, chunk)
+        };
+        let expected = (part(0, 2, 0) * 2.0 + part(2, 1, 1)) / 3.0;
+        let expected_grads = GradientsParams::from_grads(expected.backward(), &split);
+        let (got, want) = (out.item.loss.into_scalar(), expected.into_scalar());
+        assert!((got - want).abs() < 1e-6, "loss {got} vs {want}");
+        let (got, want) = (flat_grads(&split, &out.grads), flat_grads(&split, &expected_grads));
+        assert_eq!(got.len(), want.len());
+        assert!(!got.is_empty() && got.iter().zip(&want).all(|(g, w)| (g - w).abs() <= 1e-5 * (1.0 + w.abs())));
+        assert_ne!(got, flat_grads(&whole, &a.grads), "the split draws other noise than the whole batch");
     }
 }

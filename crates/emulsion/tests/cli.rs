@@ -114,6 +114,12 @@ fn malformed_configs_name_the_key_and_never_panic() {
     fails_with(emulsion(&["train", "configs/quickstart.toml", "--set", "train.steps=x"]), &["--set train.steps=x", "`train.steps`"]);
     fails_with(emulsion(&["train", "configs/quickstart.toml", "--device", "tpu"]), &["--device tpu", "`cpu`"]);
     fails_with(emulsion(&["train", &dir.join("absent.toml").to_string_lossy()]), &["absent.toml"]);
+    // The images' size is known only once the IDX files are read: checked then, not panicked on.
+    let out_dir = format!("run.out_dir={}", dir.display());
+    fails_with(
+        emulsion(&["train", "configs/quickstart.toml", "--device", "cpu", "--set", &out_dir, "--set", "model.attn_resolutions=[5]"]),
+        &["`model`", "attention resolution 5", "28x28"],
+    );
     let missing_data = write("nodata.toml", &format!("[data]\ndataset = \"cifar10\"\npath = \"{}\"\n", dir.join("none").display()));
     fails_with(emulsion(&["train", &missing_data, "--device", "cpu"]), &["data_batch_1.bin", "cifar-10-binary.tar.gz"]);
     let unlabeled = write(

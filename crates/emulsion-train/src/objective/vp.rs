@@ -35,6 +35,7 @@ mod tests {
 
     #[test]
     fn loss_at_initialisation_is_the_noise_variance() {
+        let _rng = crate::lock_backend_rng();
         // The UNet's output layer starts at ~0, so ε̂ ≈ 0 and L ≈ E‖ε‖² / d = 1 per sample.
         let device = Default::default();
         <TestBackend as Backend>::seed(&device, 1);

@@ -69,6 +69,7 @@ mod tests {
 
     #[test]
     fn reproduces_gaussian_data_and_improves_with_steps() {
+        let _rng = crate::lock_backend_rng();
         let (mean_err, var_err_fine) = moments(0.0, 200);
         assert!(mean_err.abs() < 0.02 && var_err_fine.abs() < 0.05, "mean {mean_err}, var {var_err_fine}");
         let (_, var_err_coarse) = moments(0.0, 5);

@@ -28,6 +28,9 @@ pub struct NetDenoiser<'a, B: Backend> {
     pub labels: Option<Tensor<B, 1, Int>>,
     /// Classifier-free guidance: `D = D(∅) + w (D(y) − D(∅))`; 1 is plain conditional.
     pub guidance: f64,
+    /// Clamp `D` to the data range `[-1, 1]` (DDPM's `clip_denoised`): at low SNR an
+    /// ε-prediction error is multiplied by `s` in `D = x − s ε̂`.
+    pub clip_denoised: bool,
 }
 
 impl<B: Backend> Denoise<B> for NetDenoiser<'_, B> {
@@ -36,13 +39,14 @@ impl<B: Backend> Denoise<B> for NetDenoiser<'_, B> {
         let device = x.device();
         let sigma = || Tensor::full([n], sigma, &device);
         let conditional = self.precond.denoise(self.net, x.clone(), sigma(), self.labels.clone());
-        match self.net.null_label() {
+        let denoised = match self.net.null_label() {
             Some(null) if self.guidance != 1.0 => {
                 let unconditional = self.precond.denoise(self.net, x, sigma(), Some(Tensor::full([n], null as i64, &device)));
                 unconditional.clone() + (conditional - unconditional) * self.guidance
             }
             _ => conditional,
-        }
+        };
+        if self.clip_denoised { denoised.clamp(-1.0, 1.0) } else { denoised }
     }
 }
 
@@ -70,7 +74,13 @@ pub fn generate<B: Backend>(
     B::seed(device, seeds::derive(options.seed, Stream::Sample, 0));
     // x_T ~ N(0, I) in VP coordinates is N(0, 1 + s²) in EDM coordinates.
     let x = Tensor::random([n, channels, size, size], Distribution::Normal(0.0, 1.0), device) * (1.0 + sigmas[0].powi(2)).sqrt();
-    let denoiser = NetDenoiser { net, precond, labels: grid_labels(n, net.num_classes(), device), guidance: options.guidance };
+    let denoiser = NetDenoiser {
+        net,
+        precond,
+        labels: grid_labels(n, net.num_classes(), device),
+        guidance: options.guidance,
+        clip_denoised: options.clip_denoised,
+    };
     let shape = x.shape();
     let mut noise = || Tensor::random(shape.clone(), Distribution::Normal(0.0, 1.0), device);
     match options.sampler {
@@ -94,6 +104,27 @@ pub(crate) mod tests {
             let k = self.s * self.s / (self.s * self.s + sigma * sigma);
             (x - self.mu) * k + self.mu
         }
+    }
+
+    #[test]
+    fn clipping_keeps_denoised_estimates_in_the_data_range() {
+        let _rng = crate::lock_backend_rng();
+        let device = Default::default();
+        // An untrained network predicts ε̂ ≈ 0, so D(x) = x: the noise is never removed.
+        let net = emulsion_models::UNetConfig::new(4, 1)
+            .with_model_channels(4)
+            .with_channel_mult(vec![1])
+            .with_num_blocks(1)
+            .with_attn_resolutions(vec![])
+            .init::<crate::TestBackend>(&device);
+        let schedule = Schedule::new(ScheduleKind::Cosine, -10.0, 10.0);
+        let extreme = |clip_denoised| {
+            let options = SampleConfig { steps: 4, clip_denoised, ..SampleConfig::default() };
+            let x = generate(&net, Precond::Vp, &schedule, &options, 3, [1, 4], &device);
+            x.abs().max().into_scalar() as f64
+        };
+        assert!(extreme(true) <= 1.0);
+        assert!(extreme(false) > 1.0);
     }
 
     #[test]

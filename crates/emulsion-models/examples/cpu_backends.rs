@@ -2,7 +2,7 @@
 //! Burn's Flex and ndarray backends, printed as a table.
 //!
 //! ```sh
-//! cargo run --release --example cpu_backends -- [CHANNELS] [BATCH] [REPEATS]
+//! cargo run --release -p emulsion-models --example cpu_backends -- [CHANNELS] [BATCH] [REPEATS]
 //! ```
 //! Defaults: the quick-start network (16 channels, multipliers [1, 2, 2], 28x28, one block per
 //! level), batch 32, 5 timed passes after one warm-up pass.

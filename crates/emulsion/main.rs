@@ -26,6 +26,30 @@ enum Command {
     Train(TrainArgs),
     /// Draw a grid of images from the EMA weights of a run's newest checkpoint.
     Sample(SampleArgs),
+    /// Inspect the noise schedules: print one as CSV, or plot them all.
+    #[command(subcommand)]
+    Schedule(ScheduleCommand),
+}
+
+#[derive(Subcommand)]
+enum ScheduleCommand {
+    /// Print `t,lambda,alpha,sigma` of schedule NAME: its own λ(t) with the shift applied and no
+    /// truncation, and the VP α and σ, one row per t, at full f64 precision.
+    Dump {
+        /// cosine, cosine_discrete, linear, laplace, cauchy, lognormal or flow.
+        name: String,
+        /// The times, comma separated, each in (0, 1).
+        #[arg(long, default_value = "0.1,0.25,0.5,0.75,0.9")]
+        t: String,
+        /// A parameter of the schedule (mu=0.5) or a `diffusion` key (shift=2); repeatable.
+        #[arg(long = "set", value_name = "PARAM=VALUE")]
+        settings: Vec<String>,
+    },
+    /// Draw p(λ) and λ(t) of every schedule, with default parameters, on one PNG.
+    Plot {
+        #[arg(long, default_value = "schedules.png")]
+        out: PathBuf,
+    },
 }
 
 #[derive(Args)]
@@ -90,6 +114,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Train(args) => train(args),
         Command::Sample(args) => sample(args),
+        Command::Schedule(command) => schedule(command),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -156,5 +181,25 @@ fn sample(args: SampleArgs) -> Result<()> {
     })
     .with_context(|| format!("sampling from {}", args.run_dir.display()))?;
     eprintln!("wrote {}", out.display());
+    Ok(())
+}
+
+fn schedule(command: ScheduleCommand) -> Result<()> {
+    use emulsion_train::schedule_report;
+    match command {
+        ScheduleCommand::Dump { name, t, settings } => {
+            let ts = schedule_report::parse_ts(&t).map_err(anyhow::Error::msg)?;
+            let config = schedule_report::resolve(&name, &settings)?;
+            print!("{}", schedule_report::dump_csv(&config.schedule(), &ts));
+        }
+        ScheduleCommand::Plot { out } => {
+            let all = emulsion_schedule::ScheduleKind::ALL
+                .iter()
+                .map(|kind| Ok(schedule_report::resolve(kind.name(), &[])?.schedule()))
+                .collect::<Result<Vec<_>>>()?;
+            schedule_report::plot(&all, &out).map_err(anyhow::Error::msg)?;
+            eprintln!("wrote {}", out.display());
+        }
+    }
     Ok(())
 }

@@ -6,7 +6,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 use emulsion_models::embedding::NoiseEmbedding;
-use emulsion_schedule::ScheduleKind;
+use emulsion_schedule::{Cauchy, CosineBetas, Curve, Laplace, LinearBetas, LogNormal, Schedule, ScheduleKind, ScheduleParams};
 use serde::{Deserialize, Serialize};
 
 /// A whole run's configuration. Each section documents its keys in `configs/*.toml`.
@@ -165,15 +165,74 @@ impl Default for ModelConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct DiffusionConfig {
     pub objective: ObjectiveKind,
+    /// The log-SNR schedule training levels are drawn from; its parameters are in the table of
+    /// the same name (`[diffusion.laplace]` …).
     pub schedule: ScheduleKind,
+    /// Resolution shift: `λ(t) - 2 ln(shift)`; above 1 moves every level towards noise.
+    pub shift: f64,
     /// The log-SNR range the schedule is truncated to (its infinite ends are cut off).
     pub lambda_min: f64,
     pub lambda_max: f64,
+    pub cosine_discrete: CosineBetas,
+    pub linear: LinearBetas,
+    pub laplace: Laplace,
+    pub cauchy: Cauchy,
+    pub lognormal: LogNormal,
 }
 
 impl Default for DiffusionConfig {
     fn default() -> Self {
-        Self { objective: ObjectiveKind::Vp, schedule: ScheduleKind::Cosine, lambda_min: -15.0, lambda_max: 15.0 }
+        Self {
+            objective: ObjectiveKind::Vp,
+            schedule: ScheduleKind::Cosine,
+            shift: 1.0,
+            lambda_min: -15.0,
+            lambda_max: 15.0,
+            cosine_discrete: CosineBetas::default(),
+            linear: LinearBetas::default(),
+            laplace: Laplace::default(),
+            cauchy: Cauchy::default(),
+            lognormal: LogNormal::default(),
+        }
+    }
+}
+
+impl DiffusionConfig {
+    /// Every schedule's parameters, as the schedule crate takes them.
+    pub fn schedule_params(&self) -> ScheduleParams {
+        ScheduleParams {
+            cosine_discrete: self.cosine_discrete,
+            linear: self.linear,
+            laplace: self.laplace,
+            cauchy: self.cauchy,
+            lognormal: self.lognormal,
+        }
+    }
+
+    /// The configured schedule: shifted and truncated.
+    ///
+    /// # Panics
+    /// On a configuration that [`Config::validate`] rejects.
+    pub fn schedule(&self) -> Schedule {
+        Schedule::from_kind(self.schedule, &self.schedule_params(), self.lambda_min, self.lambda_max).with_shift(self.shift)
+    }
+
+    /// Checks the schedule's range, shift and parameters; the error names the key.
+    pub fn validate(&self) -> Result<(), (String, String)> {
+        if !(self.lambda_min.is_finite() && self.lambda_max.is_finite() && self.lambda_min < self.lambda_max) {
+            return Err(("diffusion.lambda_min".into(), format!(
+                "the log-SNR range [lambda_min, lambda_max] = [{}, {}] must be finite and increasing",
+                self.lambda_min, self.lambda_max
+            )));
+        }
+        if !(self.shift.is_finite() && self.shift > 0.0) {
+            return Err(("diffusion.shift".into(), format!("must be positive (1 is no shift), got {}", self.shift)));
+        }
+        self.schedule_params().validate(self.schedule).map_err(|(key, message)| (format!("diffusion.{key}"), message))?;
+        let schedule = Curve::new(self.schedule, &self.schedule_params());
+        let unchecked = Schedule::new_unchecked(schedule, self.lambda_min, self.lambda_max, self.shift);
+        unchecked.check().map_err(|message| ("diffusion.lambda_min".to_string(), message))?;
+        Ok(())
     }
 }
 
@@ -265,12 +324,41 @@ pub struct SampleConfig {
     pub guidance: f64,
     /// Clamp each denoised estimate to the data range [-1, 1], as DDPM and DDIM do.
     pub clip_denoised: bool,
+    /// Where the sampler's noise levels sit between `diffusion.lambda_max` and `lambda_min`.
+    pub spacing: Spacing,
+    /// `ρ` of the `karras` spacing.
+    pub rho: f64,
 }
 
 impl Default for SampleConfig {
     fn default() -> Self {
-        Self { sampler: SamplerKind::Ddim, steps: 50, eta: 0.0, n: 64, seed: 0, guidance: 1.0, clip_denoised: true }
+        Self {
+            sampler: SamplerKind::Ddim,
+            steps: 50,
+            eta: 0.0,
+            n: 64,
+            seed: 0,
+            guidance: 1.0,
+            clip_denoised: true,
+            spacing: Spacing::Cosine,
+            rho: 7.0,
+        }
     }
+}
+
+/// The discretisation samplers walk. It is separate from the training schedule because a
+/// training density such as Laplace concentrates levels where learning matters, not where a
+/// sampler needs its steps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Spacing {
+    /// Evenly spaced in `t` of the cosine schedule (with `diffusion.shift`).
+    #[default]
+    Cosine,
+    /// Evenly spaced in `t` of the training schedule (DDIM's usual choice for DDPM schedules).
+    Schedule,
+    /// Evenly spaced in `s^{1/ρ}` (EDM).
+    Karras,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -335,11 +423,7 @@ impl Config {
             };
             ConfigError::Key { location: locate(&key), key, message }
         })?;
-        config.validate().map_err(|(key, message)| ConfigError::Key {
-            location: locate(key),
-            key: key.to_string(),
-            message,
-        })?;
+        config.validate().map_err(|(key, message)| ConfigError::Key { location: locate(&key), key, message })?;
         Ok(config)
     }
 
@@ -368,29 +452,29 @@ impl Config {
     }
 
     /// Checks values that types alone cannot; the error names the offending key.
-    pub fn validate(&self) -> Result<(), (&'static str, String)> {
-        fn positive(key: &'static str, v: usize) -> Result<(), (&'static str, String)> {
-            if v == 0 { Err((key, "must be at least 1".into())) } else { Ok(()) }
+    pub fn validate(&self) -> Result<(), (String, String)> {
+        fn positive(key: &'static str, v: usize) -> Result<(), (String, String)> {
+            if v == 0 { Err((key.into(), "must be at least 1".into())) } else { Ok(()) }
         }
-        fn unit(key: &'static str, v: f64, closed_top: bool) -> Result<(), (&'static str, String)> {
+        fn unit(key: &'static str, v: f64, closed_top: bool) -> Result<(), (String, String)> {
             let ok = v >= 0.0 && if closed_top { v <= 1.0 } else { v < 1.0 };
-            if ok { Ok(()) } else { Err((key, format!("must be in [0, 1{}, got {v}", if closed_top { "]" } else { ")" }))) }
+            if ok { Ok(()) } else { Err((key.into(), format!("must be in [0, 1{}, got {v}", if closed_top { "]" } else { ")" }))) }
         }
         if self.run.name.is_empty() || self.run.name.contains(['/', '\\']) || self.run.name == "." || self.run.name == ".." {
-            return Err(("run.name", format!("must be a plain directory name, got {:?}", self.run.name)));
+            return Err(("run.name".into(), format!("must be a plain directory name, got {:?}", self.run.name)));
         }
         if self.data.dataset == DatasetKind::Folder && self.data.path.is_none() {
-            return Err(("data.path", "a `folder` dataset needs the folder's path".into()));
+            return Err(("data.path".into(), "a `folder` dataset needs the folder's path".into()));
         }
         if self.data.dataset == DatasetKind::Folder && self.data.image_size.is_none() {
-            return Err(("data.image_size", "a `folder` dataset needs the image size to resize to".into()));
+            return Err(("data.image_size".into(), "a `folder` dataset needs the image size to resize to".into()));
         }
         if let Some(c) = self.data.channels {
             if self.data.dataset != DatasetKind::Folder {
-                return Err(("data.channels", "only `folder` datasets choose their channels".into()));
+                return Err(("data.channels".into(), "only `folder` datasets choose their channels".into()));
             }
             if c != 1 && c != 3 {
-                return Err(("data.channels", format!("must be 1 or 3, got {c}")));
+                return Err(("data.channels".into(), format!("must be 1 or 3, got {c}")));
             }
         }
         if let Some(limit) = self.data.limit {
@@ -402,15 +486,9 @@ impl Config {
         unit("model.label_dropout", self.model.label_dropout, false)?;
         if let Some(size) = self.image_size() {
             positive("data.image_size", size)?;
-            self.unet_config(size, 1, 0).validate().map_err(|m| ("model", m))?;
+            self.unet_config(size, 1, 0).validate().map_err(|m| ("model".into(), m))?;
         }
-        let d = &self.diffusion;
-        if !(d.lambda_min.is_finite() && d.lambda_max.is_finite() && d.lambda_min < d.lambda_max) {
-            return Err(("diffusion.lambda_min", format!(
-                "the log-SNR range [lambda_min, lambda_max] = [{}, {}] must be finite and increasing",
-                d.lambda_min, d.lambda_max
-            )));
-        }
+        self.diffusion.validate()?;
         let t = &self.train;
         positive("train.batch_size", t.batch_size)?;
         positive("train.steps", t.steps)?;
@@ -418,28 +496,31 @@ impl Config {
         positive("train.keep_checkpoints", t.keep_checkpoints)?;
         positive("train.log_every", t.log_every)?;
         if !(t.lr.is_finite() && t.lr > 0.0) {
-            return Err(("train.lr", format!("must be positive, got {}", t.lr)));
+            return Err(("train.lr".into(), format!("must be positive, got {}", t.lr)));
         }
         unit("train.ema_decay", t.ema_decay, false)?;
         unit("train.betas", t.betas[0], false)?;
         unit("train.betas", t.betas[1], false)?;
         if !(t.adam_eps > 0.0) {
-            return Err(("train.adam_eps", format!("must be positive, got {}", t.adam_eps)));
+            return Err(("train.adam_eps".into(), format!("must be positive, got {}", t.adam_eps)));
         }
         if !(t.weight_decay >= 0.0) {
-            return Err(("train.weight_decay", format!("must be non-negative, got {}", t.weight_decay)));
+            return Err(("train.weight_decay".into(), format!("must be non-negative, got {}", t.weight_decay)));
         }
         if !(t.grad_clip >= 0.0) {
-            return Err(("train.grad_clip", format!("must be non-negative (0 disables), got {}", t.grad_clip)));
+            return Err(("train.grad_clip".into(), format!("must be non-negative (0 disables), got {}", t.grad_clip)));
         }
         let s = &self.sample;
         positive("sample.steps", s.steps)?;
         positive("sample.n", s.n)?;
         if !(s.eta >= 0.0) {
-            return Err(("sample.eta", format!("must be non-negative, got {}", s.eta)));
+            return Err(("sample.eta".into(), format!("must be non-negative, got {}", s.eta)));
+        }
+        if !(s.rho.is_finite() && s.rho > 0.0) {
+            return Err(("sample.rho".into(), format!("must be positive, got {}", s.rho)));
         }
         if !(s.guidance.is_finite() && s.guidance >= 0.0) {
-            return Err(("sample.guidance", format!("must be non-negative, got {}", s.guidance)));
+            return Err(("sample.guidance".into(), format!("must be non-negative, got {}", s.guidance)));
         }
         Ok(())
     }
@@ -471,7 +552,7 @@ impl Config {
 
 /// Applies `section.key=value` to `table`; returns the dotted key. The value is read as TOML
 /// (`2000`, `1e-4`, `[1, 2]`, `true`, `"text"`), falling back to a bare string (`cosine`).
-fn apply_override(table: &mut toml::Table, arg: &str) -> Result<String, ConfigError> {
+pub(crate) fn apply_override(table: &mut toml::Table, arg: &str) -> Result<String, ConfigError> {
     let err = |message: &str| ConfigError::Override { arg: arg.to_string(), message: message.to_string() };
     let (key, raw) = arg.split_once('=').ok_or_else(|| err("expected KEY=VALUE, e.g. train.steps=2000"))?;
     let key = key.trim();

@@ -18,6 +18,7 @@ pub mod monitor;
 pub mod objective;
 pub mod optim;
 pub mod run;
+pub mod schedule_report;
 pub mod sampling;
 pub mod seeds;
 pub mod strategy;

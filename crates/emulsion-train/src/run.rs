@@ -137,7 +137,7 @@ pub fn train<B: AutodiffBackend>(config: &Config, device: &B::Device, options: &
     }
 
     let recipe = Recipe::from_config(config);
-    let schedule = *recipe.objective.schedule();
+    let schedule = recipe.objective.schedule().clone();
     let model = recipe.init::<B>(&unet, device);
     let num_params = model.net.num_params();
     let t = &config.train;
@@ -318,7 +318,7 @@ pub fn sample<B: Backend>(path: &Path, request: &SampleRequest, device: &B::Devi
         reason: e.to_string(),
     })?;
     let recipe = Recipe::from_config(&config);
-    let schedule = *recipe.objective.schedule();
+    let schedule = recipe.objective.schedule().clone();
     let trainer: Trainer<B> = recipe.init::<B>(&unet, device).load_record(ckpt.load(MODEL, device)?);
     let defaults = &config.sample;
     let options = SampleConfig {

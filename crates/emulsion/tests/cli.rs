@@ -111,6 +111,14 @@ fn malformed_configs_name_the_key_and_never_panic() {
     let syntax = write("syntax.toml", "[data\n");
     fails_with(emulsion(&["train", &syntax]), &["syntax.toml"]);
     fails_with(emulsion(&["train", "configs/quickstart.toml", "--set", "model.dropout=2"]), &["`model.dropout`"]);
+    fails_with(
+        emulsion(&["train", "configs/quickstart.toml", "--set", "diffusion.schedule=laplace", "--set", "diffusion.laplace.b=0"]),
+        &["--set diffusion.laplace.b=0", "`diffusion.laplace.b`", "positive"],
+    );
+    fails_with(
+        emulsion(&["train", "configs/quickstart.toml", "--set", "diffusion.schedule=linear", "--set", "diffusion.lambda_min=10"]),
+        &["`diffusion.lambda_min`", "holds none of the `linear` schedule's log-SNRs"],
+    );
     fails_with(emulsion(&["train", "configs/quickstart.toml", "--set", "train.steps=x"]), &["--set train.steps=x", "`train.steps`"]);
     fails_with(emulsion(&["train", "configs/quickstart.toml", "--device", "tpu"]), &["--device tpu", "`cpu`"]);
     fails_with(emulsion(&["train", &dir.join("absent.toml").to_string_lossy()]), &["absent.toml"]);
@@ -127,6 +135,37 @@ fn malformed_configs_name_the_key_and_never_panic() {
         &format!("[data]\ndataset = \"folder\"\npath = \"{}\"\nimage_size = 8\n", dir.display()),
     );
     fails_with(emulsion(&["train", &unlabeled, "--device", "cpu"]), &["no PNG or JPEG images"]);
+}
+
+#[test]
+fn schedule_dump_prints_the_formulas_and_plot_draws_them() {
+    let rows = |output: Output| -> Vec<Vec<f64>> {
+        let text = String::from_utf8(output.stdout).unwrap();
+        assert_eq!(text.lines().next(), Some("t,lambda,alpha,sigma"));
+        text.lines().skip(1).map(|l| l.split(',').map(|v| v.parse().unwrap()).collect()).collect()
+    };
+    // Laplace(μ = 0.25, b = 1): λ(t) = μ - b sgn(1/2 - t) ln(1 - 2|t - 1/2|).
+    let laplace = rows(ok(emulsion(&["schedule", "dump", "laplace", "--t", "0.1,0.5,0.9", "--set", "mu=0.25", "--set", "b=1"])));
+    let expected = [0.25 - 0.2f64.ln(), 0.25, 0.25 + 0.2f64.ln()];
+    for (row, lambda) in laplace.iter().zip(expected) {
+        assert!((row[1] - lambda).abs() < 1e-15, "{row:?} vs λ = {lambda}");
+        // VP: α² = sigmoid(λ).
+        assert!((row[2] * row[2] - 1.0 / (1.0 + (-lambda).exp())).abs() < 1e-15);
+        assert!((row[3] * row[3] - 1.0 / (1.0 + lambda.exp())).abs() < 1e-15);
+    }
+    // Cosine with a shift of 2: -2 ln tan(π t / 2) - 2 ln 2.
+    let cosine = rows(ok(emulsion(&["schedule", "dump", "cosine", "--t", "0.3", "--set", "shift=2"])));
+    let lambda = -2.0 * (std::f64::consts::FRAC_PI_2 * 0.3).tan().ln() - 2.0 * 2f64.ln();
+    assert!((cosine[0][1] - lambda).abs() < 1e-14);
+    fails_with(emulsion(&["schedule", "dump", "laplacian"]), &["`laplacian`", "unknown variant", "`laplace`"]);
+    fails_with(emulsion(&["schedule", "dump", "cauchy", "--set", "gamma=0"]), &["`diffusion.cauchy.gamma`", "positive"]);
+    fails_with(emulsion(&["schedule", "dump", "cosine", "--t", "1.5"]), &["--t", "outside (0, 1)"]);
+
+    let dir = tempdir("schedule-plot");
+    let out = dir.join("schedules.png");
+    ok(emulsion(&["schedule", "plot", "--out", out.to_str().unwrap()]));
+    assert_eq!(image_dimensions(&out), (1400, 600));
+    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]

@@ -33,7 +33,7 @@ pub enum Objective {
 impl Objective {
     pub fn from_config(config: &Config) -> Self {
         let d = &config.diffusion;
-        let schedule = Schedule::new(d.schedule, d.lambda_min, d.lambda_max);
+        let schedule = d.schedule();
         match d.objective {
             ObjectiveKind::Vp => Objective::VpEpsilon(VpEpsilon { schedule }),
         }

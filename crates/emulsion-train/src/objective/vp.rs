@@ -31,7 +31,6 @@ mod tests {
     use super::*;
     use crate::TestBackend;
     use emulsion_models::UNetConfig;
-    use emulsion_schedule::ScheduleKind;
 
     #[test]
     fn loss_at_initialisation_is_the_noise_variance() {
@@ -45,7 +44,7 @@ mod tests {
             .with_num_blocks(1)
             .with_attn_resolutions(vec![])
             .init::<TestBackend>(&device);
-        let objective = VpEpsilon { schedule: Schedule::new(ScheduleKind::Cosine, -10.0, 10.0) };
+        let objective = VpEpsilon { schedule: Schedule::cosine(-10.0, 10.0) };
         let x0 = Tensor::<TestBackend, 4>::random([64, 1, 8, 8], burn::tensor::Distribution::Uniform(-1.0, 1.0), &device);
         let noise = Tensor::random([64, 1, 8, 8], burn::tensor::Distribution::Normal(0.0, 1.0), &device);
         let losses = objective.loss(&net, ObjectiveInput { x0, noise: noise.clone(), labels: None });

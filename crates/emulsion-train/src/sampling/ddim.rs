@@ -45,17 +45,18 @@ pub fn ancestral_step(s: f64, s_next: f64, eta: f64) -> (f64, f64) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::Spacing;
     use crate::sampling::{sigmas, tests::GaussianDenoiser};
     use crate::TestBackend;
     use burn::tensor::Distribution;
-    use emulsion_schedule::{Schedule, ScheduleKind};
+    use emulsion_schedule::Schedule;
 
     /// Mean and variance of samples drawn from `N(mu, s²)` data by DDIM with `steps` steps.
     fn moments(eta: f64, steps: usize) -> (f64, f64) {
         let device = Default::default();
         <TestBackend as Backend>::seed(&device, 3);
         let (mu, s) = (0.3, 0.5);
-        let sigmas = sigmas(&Schedule::new(ScheduleKind::Cosine, -12.0, 12.0), steps);
+        let sigmas = sigmas(&Schedule::cosine(-12.0, 12.0), Spacing::Schedule, 7.0, steps);
         let x = Tensor::<TestBackend, 4>::random([4096, 1, 2, 2], Distribution::Normal(0.0, 1.0), &device)
             * (s * s + sigmas[0] * sigmas[0]).sqrt()
             + mu;

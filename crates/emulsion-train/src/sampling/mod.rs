@@ -6,16 +6,27 @@ pub mod ddim;
 use burn::prelude::*;
 use burn::tensor::Distribution;
 use emulsion_models::{Denoise, Precond, UNet};
-use emulsion_schedule::{vp, Schedule};
+use emulsion_schedule::karras::Karras;
+use emulsion_schedule::{process, Schedule};
 
-use crate::config::{SampleConfig, SamplerKind};
+use crate::config::{SampleConfig, SamplerKind, Spacing};
 use crate::seeds::{self, Stream};
 
 pub use ddim::sample_ddim;
 
-/// `steps` EDM noise levels evenly spaced in `t` under `schedule`, noisiest first, then 0.
-pub fn sigmas(schedule: &Schedule, steps: usize) -> Vec<f64> {
-    let mut sigmas: Vec<f64> = schedule.lambda_grid(steps).into_iter().map(vp::edm_sigma).collect();
+/// `steps` EDM noise levels under `spacing`, within `schedule`'s log-SNR range, noisiest first,
+/// then 0.
+pub fn sigmas(schedule: &Schedule, spacing: Spacing, rho: f64, steps: usize) -> Vec<f64> {
+    let (s_min, s_max) = (process::edm_sigma(schedule.lambda_max), process::edm_sigma(schedule.lambda_min));
+    let mut sigmas: Vec<f64> = match spacing {
+        Spacing::Schedule => schedule.lambda_grid(steps).into_iter().map(process::edm_sigma).collect(),
+        Spacing::Cosine => {
+            let cosine = Schedule::cosine(schedule.lambda_min, schedule.lambda_max).with_shift(schedule.shift());
+            cosine.lambda_grid(steps).into_iter().map(process::edm_sigma).collect()
+        }
+        Spacing::Karras if steps < 2 => vec![s_max; steps],
+        Spacing::Karras => Karras { sigma_min: s_min, sigma_max: s_max, rho }.sigmas(steps).into_iter().rev().collect(),
+    };
     sigmas.push(0.0);
     sigmas
 }
@@ -70,7 +81,7 @@ pub fn generate<B: Backend>(
     [channels, size]: [usize; 2],
     device: &B::Device,
 ) -> Tensor<B, 4> {
-    let sigmas = sigmas(schedule, options.steps);
+    let sigmas = sigmas(schedule, options.spacing, options.rho, options.steps);
     B::seed(device, seeds::derive(options.seed, Stream::Sample, 0));
     // x_T ~ N(0, I) in VP coordinates is N(0, 1 + s²) in EDM coordinates.
     let x = Tensor::random([n, channels, size, size], Distribution::Normal(0.0, 1.0), device) * (1.0 + sigmas[0].powi(2)).sqrt();
@@ -117,7 +128,7 @@ pub(crate) mod tests {
             .with_num_blocks(1)
             .with_attn_resolutions(vec![])
             .init::<crate::TestBackend>(&device);
-        let schedule = Schedule::new(ScheduleKind::Cosine, -10.0, 10.0);
+        let schedule = Schedule::cosine(-10.0, 10.0);
         let extreme = |clip_denoised| {
             let options = SampleConfig { steps: 4, clip_denoised, ..SampleConfig::default() };
             let x = generate(&net, Precond::Vp, &schedule, &options, 3, [1, 4], &device);
@@ -128,8 +139,25 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn every_spacing_spans_the_truncated_range() {
+        let laplace = Schedule::from_kind(ScheduleKind::Laplace, &Default::default(), -10.0, 10.0);
+        for spacing in [Spacing::Cosine, Spacing::Schedule, Spacing::Karras] {
+            let s = sigmas(&laplace, spacing, 7.0, 8);
+            assert_eq!(s.len(), 9, "{spacing:?}");
+            assert!((s[0] / 5f64.exp() - 1.0).abs() < 1e-9 && (s[7] / (-5f64).exp() - 1.0).abs() < 1e-9, "{spacing:?}: {s:?}");
+            assert!(s.windows(2).all(|w| w[0] > w[1]), "{spacing:?}");
+        }
+        // Karras: evenly spaced in s^(1/7).
+        let k: Vec<f64> = sigmas(&laplace, Spacing::Karras, 7.0, 8)[..8].iter().map(|s| s.powf(1.0 / 7.0)).collect();
+        assert!(k.windows(3).all(|w| ((w[0] - w[1]) - (w[1] - w[2])).abs() < 1e-12));
+        // Cosine spacing ignores the training density: λ evenly spaced in cosine t, symmetric about 0.
+        let c = sigmas(&laplace, Spacing::Cosine, 7.0, 9);
+        assert!((c[4] - 1.0).abs() < 1e-12, "the middle level of a symmetric range is λ = 0");
+    }
+
+    #[test]
     fn sigmas_fall_from_the_schedules_noisiest_level_to_zero() {
-        let s = sigmas(&Schedule::new(ScheduleKind::Cosine, -10.0, 10.0), 5);
+        let s = sigmas(&Schedule::cosine(-10.0, 10.0), Spacing::Schedule, 7.0, 5);
         assert_eq!(s.len(), 6);
         assert!((s[0] - 5f64.exp()).abs() < 1e-9 && (s[4] - (-5f64).exp()).abs() < 1e-12 && s[5] == 0.0);
         assert!(s.windows(2).all(|w| w[0] > w[1]));

@@ -1,0 +1,174 @@
+//! `emulsion schedule`: a schedule's values as CSV, and every schedule on one figure.
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use emulsion_schedule::{process::Process, LogSnr, Schedule, ScheduleKind};
+
+use crate::config::{apply_override, ConfigError, DiffusionConfig};
+
+/// The `[diffusion]` settings of schedule `name` with `PARAM=VALUE` settings applied: a bare
+/// parameter of that schedule (`mu=0.5` for `laplace`) or any dotted `diffusion` key
+/// (`shift=2`, `lambda_min=-10`, `cauchy.gamma=2`).
+pub fn resolve(name: &str, settings: &[String]) -> Result<DiffusionConfig, ConfigError> {
+    let kind: ScheduleKind = toml::Value::String(name.to_string()).try_into().map_err(|e: toml::de::Error| {
+        ConfigError::Key { location: "schedule".into(), key: name.to_string(), message: e.message().to_string() }
+    })?;
+    let mut table = toml::Table::new();
+    table.insert("schedule".into(), toml::Value::String(kind.name().into()));
+    for arg in settings {
+        let key = arg.split_once('=').map_or(arg.as_str(), |(k, _)| k.trim());
+        let qualified = if kind.parameters().contains(&key) { format!("{}.{arg}", kind.name()) } else { arg.clone() };
+        apply_override(&mut table, &qualified).map_err(|e| match e {
+            ConfigError::Override { message, .. } => ConfigError::Override { arg: arg.clone(), message },
+            other => other,
+        })?;
+    }
+    let config: DiffusionConfig = serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
+        let key = match e.path().to_string() {
+            root if root == "." => "diffusion".to_string(),
+            path => format!("diffusion.{path}"),
+        };
+        ConfigError::Key { location: "--set".into(), key, message: e.inner().message().to_string() }
+    })?;
+    config.validate().map_err(|(key, message)| ConfigError::Key { location: "--set".into(), key, message })?;
+    Ok(config)
+}
+
+/// CSV with header `t,lambda,alpha,sigma`: the schedule's own `λ(t)` (shift applied, not
+/// truncated) and the VP coefficients `α² = sigmoid(λ)`, `σ² = sigmoid(-λ)`, each number printed
+/// with the shortest digits that read back to the same `f64`.
+pub fn dump_csv(schedule: &Schedule, ts: &[f64]) -> String {
+    let mut csv = String::from("t,lambda,alpha,sigma\n");
+    for &t in ts {
+        let lambda = schedule.lambda(t);
+        let (alpha, sigma) = Process::Vp.alpha_sigma(lambda);
+        writeln!(csv, "{t},{lambda},{alpha},{sigma}").expect("writing to a String");
+    }
+    csv
+}
+
+/// Parses `0.1,0.5,0.9`; every `t` must lie in `(0, 1)`.
+pub fn parse_ts(list: &str) -> Result<Vec<f64>, String> {
+    list.split(',')
+        .map(|item| {
+            let t: f64 = item.trim().parse().map_err(|_| format!("--t: `{}` is not a number", item.trim()))?;
+            if t > 0.0 && t < 1.0 { Ok(t) } else { Err(format!("--t: {t} is outside (0, 1)")) }
+        })
+        .collect()
+}
+
+/// Draws `p(λ)` (left) and `λ(t)` (right) of each schedule on one figure.
+pub fn plot(schedules: &[Schedule], out: &Path) -> Result<(), String> {
+    use plotters::prelude::*;
+    crate::monitor::register_font();
+    let err = |e: &dyn std::fmt::Display| format!("{}: {e}", out.display());
+    let (lambda_lo, lambda_hi) = (-15.0, 15.0);
+    // plotters picks the image format from the extension, so the temporary name ends in .png.
+    let tmp = out.with_extension("tmp.png");
+    {
+        let root = BitMapBackend::new(&tmp, (1400, 600)).into_drawing_area();
+        root.fill(&WHITE).map_err(|e| err(&e))?;
+        let (left, right) = root.split_horizontally(700);
+        let colour = |i: usize| Palette99::pick(i).to_rgba().stroke_width(2);
+
+        let peak = schedules
+            .iter()
+            .flat_map(|s| (0..=600).map(move |i| s.density(lambda_lo + (lambda_hi - lambda_lo) * i as f64 / 600.0)))
+            .fold(0.0, f64::max);
+        let mut density = ChartBuilder::on(&left)
+            .caption("density of the log-SNR, p(λ)", ("sans-serif", 22))
+            .margin(12)
+            .x_label_area_size(40)
+            .y_label_area_size(60)
+            .build_cartesian_2d(lambda_lo..lambda_hi, 0.0..peak * 1.05)
+            .map_err(|e| err(&e))?;
+        density.configure_mesh().x_desc("λ = ln(α²/σ²)").y_desc("p(λ)").draw().map_err(|e| err(&e))?;
+        for (i, s) in schedules.iter().enumerate() {
+            let points = (0..=1200).map(|k| {
+                let l = lambda_lo + (lambda_hi - lambda_lo) * k as f64 / 1200.0;
+                (l, s.density(l))
+            });
+            density
+                .draw_series(LineSeries::new(points, colour(i)))
+                .map_err(|e| err(&e))?
+                .label(label(s))
+                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], colour(i)));
+        }
+        density
+            .configure_series_labels()
+            .background_style(WHITE.mix(0.8))
+            .border_style(BLACK)
+            .draw()
+            .map_err(|e| err(&e))?;
+
+        let mut curves = ChartBuilder::on(&right)
+            .caption("log-SNR against time, λ(t)", ("sans-serif", 22))
+            .margin(12)
+            .x_label_area_size(40)
+            .y_label_area_size(60)
+            .build_cartesian_2d(0.0..1.0, lambda_lo..lambda_hi)
+            .map_err(|e| err(&e))?;
+        curves.configure_mesh().x_desc("t").y_desc("λ(t)").draw().map_err(|e| err(&e))?;
+        for (i, s) in schedules.iter().enumerate() {
+            let points = (1..2000).map(|k| {
+                let t = k as f64 / 2000.0;
+                (t, s.lambda(t).clamp(lambda_lo, lambda_hi))
+            });
+            curves.draw_series(LineSeries::new(points, colour(i))).map_err(|e| err(&e))?;
+        }
+        root.present().map_err(|e| err(&e))?;
+    }
+    std::fs::rename(&tmp, out).map_err(|e| err(&e))
+}
+
+/// The schedule's name, and its shift when there is one, for the legend.
+fn label(s: &Schedule) -> String {
+    let kind = s.kind();
+    let shift = if s.shift() != 1.0 { format!(", shift {}", s.shift()) } else { String::new() };
+    format!("{kind}{shift}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dump_prints_the_laplace_closed_form_at_full_precision() {
+        let config = resolve("laplace", &["mu=0.5".into(), "b=2".into()]).unwrap();
+        let csv = dump_csv(&config.schedule(), &[0.1, 0.5, 0.9]);
+        let rows: Vec<Vec<f64>> = csv.lines().skip(1).map(|l| l.split(',').map(|v| v.parse().unwrap()).collect()).collect();
+        assert_eq!(csv.lines().next(), Some("t,lambda,alpha,sigma"));
+        // λ(0.1) = μ - b ln(0.2); the CSV carries every digit of the f64.
+        assert!((rows[0][1] - (0.5 - 2.0 * 0.2f64.ln())).abs() < 1e-15);
+        assert_eq!(rows[0][1], config.schedule().lambda(0.1));
+        assert_eq!(rows[1][1], 0.5);
+        let (a, s) = (rows[2][2], rows[2][3]);
+        assert!((a * a + s * s - 1.0).abs() < 1e-15 && ((a * a / (s * s)).ln() - rows[2][1]).abs() < 1e-12);
+    }
+
+    #[test]
+    fn settings_name_parameters_or_diffusion_keys() {
+        let c = resolve("cauchy", &["gamma=2".into(), "shift=2".into(), "lambda_min=-20".into()]).unwrap();
+        assert_eq!((c.cauchy.gamma, c.shift, c.lambda_min), (2.0, 2.0, -20.0));
+        let e = resolve("laplace", &["b=-1".into()]).unwrap_err().to_string();
+        assert!(e.contains("diffusion.laplace.b") && e.contains("positive"), "{e}");
+        let e = resolve("laplacian", &[]).unwrap_err().to_string();
+        assert!(e.contains("laplace") && e.contains("cosine"), "{e}");
+        let e = resolve("laplace", &["gamma=2".into()]).unwrap_err().to_string();
+        assert!(e.contains("gamma"), "{e}");
+        assert!(parse_ts("0.1, 0.5").is_ok() && parse_ts("0.1,1").is_err() && parse_ts("x").is_err());
+    }
+
+    #[test]
+    fn plot_draws_every_schedule_to_a_png() {
+        let dir = std::env::temp_dir().join(format!("emulsion-schedule-plot-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let out = dir.join("schedules.png");
+        let all: Vec<Schedule> = ScheduleKind::ALL.iter().map(|k| resolve(k.name(), &[]).unwrap().schedule()).collect();
+        plot(&all, &out).unwrap();
+        let image = image::open(&out).unwrap();
+        assert_eq!((image.width(), image.height()), (1400, 600));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -29,6 +29,45 @@ enum Command {
     /// Inspect the noise schedules: print one as CSV, or plot them all.
     #[command(subcommand)]
     Schedule(ScheduleCommand),
+    /// Measure parts of training and print a table.
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+#[derive(Subcommand)]
+enum BenchCommand {
+    /// Noise assignment: distance kernel, LAPJV, KNN, and scipy on the same matrices.
+    Assign(BenchAssignArgs),
+}
+
+#[derive(Args)]
+struct BenchAssignArgs {
+    /// Batch sizes, comma separated.
+    #[arg(long, default_value = "128,512,1024")]
+    batch: String,
+    /// Values per image (3072 = 3x32x32).
+    #[arg(long, default_value_t = 3072)]
+    dim: usize,
+    /// Timed runs per measurement; medians are reported.
+    #[arg(long, default_value_t = 5)]
+    repeats: usize,
+    /// Candidates per image for KNN.
+    #[arg(long, default_value_t = 4)]
+    k: usize,
+    /// Solve this B x B float32/float64 .npy matrix instead, printing each method's total and time.
+    #[arg(long, value_name = "FILE.npy")]
+    costs: Option<PathBuf>,
+    /// The scipy timing script; skipped with a note when Python or scipy is missing.
+    #[arg(long, default_value = "scripts/scipy_lsa.py")]
+    scipy_script: PathBuf,
+    /// Do not time scipy.
+    #[arg(long)]
+    no_scipy: bool,
+    /// Where the distance kernel and KNN run: auto, cpu, ndarray, wgpu or cuda.
+    #[arg(long, default_value = "auto")]
+    device: String,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
 }
 
 #[derive(Subcommand)]
@@ -115,6 +154,7 @@ fn main() -> ExitCode {
         Command::Train(args) => train(args),
         Command::Sample(args) => sample(args),
         Command::Schedule(command) => schedule(command),
+        Command::Bench(BenchCommand::Assign(args)) => bench_assign(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -201,5 +241,32 @@ fn schedule(command: ScheduleCommand) -> Result<()> {
             eprintln!("wrote {}", out.display());
         }
     }
+    Ok(())
+}
+
+fn bench_assign(args: BenchAssignArgs) -> Result<()> {
+    use emulsion_assign::{bench, npy};
+    anyhow::ensure!(args.repeats > 0, "--repeats must be at least 1");
+    if let Some(path) = &args.costs {
+        let costs = npy::read_costs(path)?;
+        print!("{}", bench::bench_costs(&costs, args.repeats));
+        return Ok(());
+    }
+    anyhow::ensure!(args.dim > 0, "--dim must be at least 1");
+    anyhow::ensure!(args.k > 0, "--k must be at least 1");
+    let batches = args
+        .batch
+        .split(',')
+        .map(|b| match b.trim().parse::<usize>() {
+            Ok(n) if n > 0 => Ok(n),
+            _ => Err(anyhow::anyhow!("--batch: `{}` is not a positive integer", b.trim())),
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let scipy = (!args.no_scipy && args.scipy_script.is_file()).then(|| args.scipy_script.clone());
+    let options = bench::BenchOptions { batches, dim: args.dim, repeats: args.repeats, k: args.k, scipy, seed: args.seed };
+    let backend = device::resolve(parse_device(&args.device)?)?;
+    eprintln!("device: {}", backend.describe());
+    let table = on_backend!(backend, B => bench::bench_assign::<B>(&options, &Default::default()));
+    print!("{table}");
     Ok(())
 }

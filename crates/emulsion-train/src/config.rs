@@ -5,6 +5,7 @@
 use std::fmt;
 use std::path::{Path, PathBuf};
 
+use emulsion_assign::AssignConfig;
 use emulsion_models::embedding::NoiseEmbedding;
 use emulsion_schedule::{Cauchy, CosineBetas, Curve, Laplace, LinearBetas, LogNormal, Schedule, ScheduleKind, ScheduleParams};
 use serde::{Deserialize, Serialize};
@@ -21,7 +22,7 @@ pub struct Config {
     #[serde(default)]
     pub diffusion: DiffusionConfig,
     #[serde(default)]
-    pub assignment: AssignmentConfig,
+    pub assignment: AssignConfig,
     #[serde(default)]
     pub train: TrainConfig,
     #[serde(default)]
@@ -242,20 +243,6 @@ pub enum ObjectiveKind {
     /// Variance-preserving diffusion with ε-prediction and MSE loss.
     #[default]
     Vp,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
-#[serde(deny_unknown_fields, default)]
-pub struct AssignmentConfig {
-    pub method: AssignmentMethod,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum AssignmentMethod {
-    /// Independent noise for each image.
-    #[default]
-    None,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -489,6 +476,7 @@ impl Config {
             self.unet_config(size, 1, 0).validate().map_err(|m| ("model".into(), m))?;
         }
         self.diffusion.validate()?;
+        positive("assignment.k", self.assignment.k)?;
         let t = &self.train;
         positive("train.batch_size", t.batch_size)?;
         positive("train.steps", t.steps)?;

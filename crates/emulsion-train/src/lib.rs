@@ -14,6 +14,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod data;
 pub mod grid;
+pub mod metrics;
 pub mod monitor;
 pub mod objective;
 pub mod optim;

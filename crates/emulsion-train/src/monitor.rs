@@ -15,6 +15,8 @@ use burn::train::renderer::{
 };
 use serde::{Deserialize, Serialize};
 
+use crate::metrics::{AssignDistance, AssignMilliseconds, Scalar};
+
 /// One line of `metrics.jsonl`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct MetricsLine {
@@ -25,6 +27,33 @@ pub struct MetricsLine {
     pub images_per_s: f64,
     /// Seconds of training in the whole run, resumed sessions included.
     pub wall_time_s: f64,
+    /// Mean L2 distance between each image and its assigned noise (the random pairing's when
+    /// `assignment.method = "none"`), over the steps since the previous line.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub assign_distance: Option<f64>,
+    /// Mean host milliseconds per step spent assigning noise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub assign_ms: Option<f64>,
+}
+
+/// A mean over the steps since the last journal line.
+#[derive(Debug, Clone, Copy, Default)]
+struct Running {
+    sum: f64,
+    count: u64,
+}
+
+impl Running {
+    fn add(&mut self, value: f64) {
+        self.sum += value;
+        self.count += 1;
+    }
+
+    fn take(&mut self) -> Option<f64> {
+        let mean = (self.count > 0).then(|| self.sum / self.count as f64);
+        *self = Self::default();
+        mean
+    }
 }
 
 /// Where and how often the monitor reports.
@@ -46,8 +75,9 @@ pub struct TrainingMonitor {
     names: HashMap<MetricId, String>,
     started: Instant,
     interval: (Instant, u64),
-    loss_sum: f64,
-    loss_count: u64,
+    loss: Running,
+    assign_distance: Running,
+    assign_ms: Running,
     lr: f64,
     last_print: Option<Instant>,
     lines_since_plot: usize,
@@ -63,8 +93,9 @@ impl TrainingMonitor {
             journal: Some(journal),
             names: HashMap::new(),
             started: now,
-            loss_sum: 0.0,
-            loss_count: 0,
+            loss: Running::default(),
+            assign_distance: Running::default(),
+            assign_ms: Running::default(),
             lr: 0.0,
             last_print: None,
             lines_since_plot: 0,
@@ -82,10 +113,12 @@ impl TrainingMonitor {
         let images_per_s = (step - from_step) as f64 * self.config.batch_size as f64 / seconds;
         let line = MetricsLine {
             step,
-            loss: if self.loss_count > 0 { self.loss_sum / self.loss_count as f64 } else { f64::NAN },
+            loss: self.loss.take().unwrap_or(f64::NAN),
             lr: self.lr,
             images_per_s,
             wall_time_s: self.wall_time(),
+            assign_distance: self.assign_distance.take(),
+            assign_ms: self.assign_ms.take(),
         };
         if let Some(journal) = &mut self.journal {
             let written = serde_json::to_string(&line).map_err(std::io::Error::other).and_then(|l| writeln!(journal, "{l}"));
@@ -108,8 +141,6 @@ impl TrainingMonitor {
             format_duration(eta),
         );
         self.interval = (now, step);
-        self.loss_sum = 0.0;
-        self.loss_count = 0;
         self.last_print = Some(now);
         self.lines_since_plot += 1;
         if self.lines_since_plot >= 20 {
@@ -129,10 +160,9 @@ impl MetricsRendererTraining for TrainingMonitor {
     fn update_train(&mut self, state: MetricState) {
         if let MetricState::Numeric(entry, value) = state {
             match self.names.get(&entry.metric_id).map(String::as_str) {
-                Some("Loss") => {
-                    self.loss_sum += value.current();
-                    self.loss_count += 1;
-                }
+                Some("Loss") => self.loss.add(value.current()),
+                Some(AssignDistance::NAME) => self.assign_distance.add(value.current()),
+                Some(AssignMilliseconds::NAME) => self.assign_ms.add(value.current()),
                 Some("Learning Rate") => self.lr = value.current(),
                 _ => {}
             }
@@ -269,7 +299,15 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("emulsion-monitor-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("metrics.jsonl");
-        let line = |step| MetricsLine { step, loss: 1.0 / step as f64, lr: 1e-4, images_per_s: 10.0, wall_time_s: step as f64 };
+        let line = |step| MetricsLine {
+            step,
+            loss: 1.0 / step as f64,
+            lr: 1e-4,
+            images_per_s: 10.0,
+            wall_time_s: step as f64,
+            assign_distance: Some(50.0),
+            assign_ms: None,
+        };
         let mut text: String = (1..=5).map(|s| serde_json::to_string(&line(s * 10)).unwrap() + "\n").collect();
         text.push_str("{\"step\": 60, \"lo");
         std::fs::write(&path, text).unwrap();

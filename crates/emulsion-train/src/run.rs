@@ -5,7 +5,7 @@
 //! runs/<name>/
 //!   config.toml     the resolved configuration
 //!   unet.json       the network's shape (dataset facts included)
-//!   metrics.jsonl   step, loss, lr, images/s, wall time
+//!   metrics.jsonl   step, loss, lr, images/s, wall time, mean assigned distance, assignment ms
 //!   loss.png        the loss curve
 //!   samples/        step-00005000.png, …
 //!   checkpoints/    step-00005000/{model,optimizer,scheduler}.mpk, state.json, config.toml, unet.json
@@ -19,6 +19,7 @@ use burn::optim::AdamWConfig;
 use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
 use burn::train::logger::MetricLogger;
+use crate::metrics::{AssignDistance, AssignMilliseconds, ScalarMetric};
 use burn::train::metric::store::{EpochSummary, MetricsUpdate, Split};
 use burn::train::metric::{LearningRateMetric, LossMetric, MetricDefinition, NumericEntry};
 use burn::train::{Learner, SupervisedTraining, TrainingStrategy};
@@ -102,6 +103,7 @@ impl Recipe {
             grad_clip: config.train.grad_clip,
             label_dropout: config.model.label_dropout,
             micro_batch: config.train.micro_batch,
+            assignment: config.assignment,
         }
     }
 }
@@ -223,6 +225,8 @@ pub fn train<B: AutodiffBackend>(config: &Config, device: &B::Device, options: &
     SupervisedTraining::new(&run.root, train_loader, valid_loader)
         .metric_train_numeric(LossMetric::new())
         .metric_train_numeric(LearningRateMetric::new())
+        .metric_train_numeric(ScalarMetric::<AssignDistance>::new())
+        .metric_train_numeric(ScalarMetric::<AssignMilliseconds>::new())
         .renderer(monitor)
         .with_metric_logger(QuietLogger)
         .with_application_logger(None)

@@ -10,7 +10,7 @@ pub enum Stream {
     DataOrder = 1,
     /// Horizontal flips of each batch.
     Flips = 2,
-    /// The backend's generator for a training step: noise levels, noise, dropout, label dropout.
+    /// The backend's generator for a training step: noise levels, dropout, label dropout.
     Step = 3,
     /// Weight initialisation.
     Init = 4,
@@ -18,6 +18,8 @@ pub enum Stream {
     Sample = 5,
     /// The micro-batches after the first of a split training step.
     MicroBatch = 6,
+    /// A training step's noise, drawn for the whole batch before it is assigned and split.
+    Noise = 7,
 }
 
 /// A 64-bit seed for draw `counter` of `stream`.
@@ -41,7 +43,7 @@ mod tests {
     fn seeds_differ_across_streams_counters_and_runs() {
         let mut seen = std::collections::HashSet::new();
         for seed in 0..4 {
-            for stream in [Stream::DataOrder, Stream::Flips, Stream::Step, Stream::Init, Stream::Sample, Stream::MicroBatch] {
+            for stream in [Stream::DataOrder, Stream::Flips, Stream::Step, Stream::Init, Stream::Sample, Stream::MicroBatch, Stream::Noise] {
                 for counter in 0..50 {
                     assert!(seen.insert(derive(seed, stream, counter)));
                 }

@@ -11,9 +11,12 @@ use burn::train::{InferenceStep, TrainOutput, TrainStep};
 use burn::backend::Flex;
 use emulsion_models::{UNet, UNetConfig};
 
+use emulsion_assign::{assign, AssignConfig};
+
 use crate::data::DiffusionBatch;
 use crate::objective::{Objective, ObjectiveInput};
 use crate::optim::{clip_grad_global_norm, update_ema};
+use crate::metrics::{AssignDistance, AssignMilliseconds};
 use crate::seeds::{self, Stream};
 
 /// Everything about a training step that is not a weight.
@@ -30,6 +33,8 @@ pub struct Recipe {
     /// Images per forward/backward pass; a larger batch is split and its gradients summed
     /// (EDM's `batch_gpu`). 0: the whole batch at once.
     pub micro_batch: usize,
+    /// How each batch's noise is paired with its images (immiscible diffusion).
+    pub assignment: AssignConfig,
 }
 
 /// The trained module: `net` is optimised, `ema` follows it.
@@ -72,17 +77,35 @@ impl<B: Backend> Trainer<B> {
     /// The mean loss of `batch` (not reduced across devices), with all of the step's randomness
     /// drawn from the backend generator seeded by `(seed, step)`.
     pub fn loss(&self, batch: DiffusionBatch<B>) -> Tensor<B, 1> {
-        let DiffusionBatch { images, labels, step } = batch;
-        self.chunk_loss(images, labels, step, 0)
+        self.loss_and_assignment(batch).loss
     }
 
-    /// The mean loss of micro-batch `chunk` of step `step`. Chunk 0 draws from the step's own
-    /// seed, so an unsplit batch is the same whatever `micro_batch` is.
-    fn chunk_loss(&self, images: Tensor<B, 4>, labels: Option<Tensor<B, 1, Int>>, step: u64, chunk: u64) -> Tensor<B, 1> {
+    fn loss_and_assignment(&self, batch: DiffusionBatch<B>) -> DiffusionOutput<B> {
+        let DiffusionBatch { images, labels, step } = batch;
+        let noise = self.batch_noise(&images, step);
+        let loss = self.chunk_loss(images, noise.noise, labels, step, 0);
+        DiffusionOutput { loss, assign_distance: noise.mean_distance, assign_seconds: noise.seconds }
+    }
+
+    /// The noise of step `step`'s whole batch, drawn from its own stream and assigned to the
+    /// images as the recipe says, before any split into micro-batches.
+    pub fn batch_noise(&self, images: &Tensor<B, 4>, step: u64) -> BatchNoise<B> {
+        let device = images.device();
+        let step_seed = seeds::derive(self.recipe.seed, Stream::Step, step);
+        B::seed(&device, seeds::derive(step_seed, Stream::Noise, 0));
+        let shape = images.dims();
+        let noise = Tensor::<B, 4>::random(shape, Distribution::Normal(0.0, 1.0), &device);
+        let flat = |t: Tensor<B, 4>| t.reshape([shape[0] as i32, -1]);
+        let assigned = assign(flat(images.clone()), flat(noise), &self.recipe.assignment);
+        BatchNoise { noise: assigned.noise.reshape(shape), mean_distance: assigned.mean_distance, seconds: assigned.seconds }
+    }
+
+    /// The mean loss of micro-batch `chunk` of step `step`, given its noise. Chunk 0 draws from
+    /// the step's own seed, so an unsplit batch is the same whatever `micro_batch` is.
+    fn chunk_loss(&self, images: Tensor<B, 4>, noise: Tensor<B, 4>, labels: Option<Tensor<B, 1, Int>>, step: u64, chunk: u64) -> Tensor<B, 1> {
         let device = images.device();
         let step_seed = seeds::derive(self.recipe.seed, Stream::Step, step);
         B::seed(&device, if chunk == 0 { step_seed } else { seeds::derive(step_seed, Stream::MicroBatch, chunk) });
-        let noise = Tensor::random(images.shape(), Distribution::Normal(0.0, 1.0), &device);
         let labels = match (self.net.null_label(), labels) {
             (Some(null), Some(labels)) => Some(self.drop_labels(labels, null)),
             _ => None,
@@ -102,9 +125,23 @@ impl<B: Backend> Trainer<B> {
     }
 }
 
-/// What a training step reports: its mean loss.
+/// A batch's noise after assignment.
+pub struct BatchNoise<B: Backend> {
+    /// `[N, C, H, W]`, row `i` paired with image `i`.
+    pub noise: Tensor<B, 4>,
+    /// Mean L2 distance between each image and its noise, `[1]`, on the device.
+    pub mean_distance: Tensor<B, 1>,
+    /// Host seconds spent assigning.
+    pub seconds: f64,
+}
+
+/// What a training step reports: its mean loss, and how far its images were from their noise.
 pub struct DiffusionOutput<B: Backend> {
     pub loss: Tensor<B, 1>,
+    /// Mean L2 distance between each image and its assigned noise, `[1]`.
+    pub assign_distance: Tensor<B, 1>,
+    /// Host seconds the assignment took.
+    pub assign_seconds: f64,
 }
 
 impl<B: Backend> Adaptor<LossInput<B>> for DiffusionOutput<B> {
@@ -113,13 +150,35 @@ impl<B: Backend> Adaptor<LossInput<B>> for DiffusionOutput<B> {
     }
 }
 
+impl<B: Backend> Adaptor<AssignDistance> for DiffusionOutput<B> {
+    fn adapt(&self) -> AssignDistance {
+        AssignDistance(self.assign_distance.clone().into_scalar().elem())
+    }
+}
+
+impl<B: Backend> Adaptor<AssignMilliseconds> for DiffusionOutput<B> {
+    fn adapt(&self) -> AssignMilliseconds {
+        AssignMilliseconds(self.assign_seconds * 1e3)
+    }
+}
+
 impl<B: Backend> ItemLazy for DiffusionOutput<B> {
     type ItemSync = DiffusionOutput<Flex>;
 
     /// Reads the loss back on the metrics thread, so the training loop never waits for it.
     fn sync(self) -> Self::ItemSync {
-        let [loss] = Transaction::default().register(self.loss).execute().try_into().expect("one tensor");
-        DiffusionOutput { loss: Tensor::from_data(loss, &Default::default()) }
+        let [loss, distance] = Transaction::default()
+            .register(self.loss)
+            .register(self.assign_distance)
+            .execute()
+            .try_into()
+            .expect("two tensors");
+        let device = Default::default();
+        DiffusionOutput {
+            loss: Tensor::from_data(loss, &device),
+            assign_distance: Tensor::from_data(distance, &device),
+            assign_seconds: self.assign_seconds,
+        }
     }
 }
 
@@ -131,6 +190,7 @@ impl<B: AutodiffBackend> TrainStep for Trainer<B> {
     fn step(&self, batch: DiffusionBatch<B>) -> TrainOutput<DiffusionOutput<B>> {
         let DiffusionBatch { images, labels, step } = batch;
         let n = images.dims()[0];
+        let noise = self.batch_noise(&images, step);
         let size = match self.recipe.micro_batch {
             0 => n,
             m => m.min(n),
@@ -140,7 +200,8 @@ impl<B: AutodiffBackend> TrainStep for Trainer<B> {
         for (chunk, start) in (0..n).step_by(size).enumerate() {
             let len = size.min(n - start);
             let part_labels = labels.as_ref().map(|l| l.clone().narrow(0, start, len));
-            let part = self.chunk_loss(images.clone().narrow(0, start, len), part_labels, step, chunk as u64);
+            let part_noise = noise.noise.clone().narrow(0, start, len);
+            let part = self.chunk_loss(images.clone().narrow(0, start, len), part_noise, part_labels, step, chunk as u64);
             // Weighted by its share of the batch, so the sum is the batch mean.
             let loss = if len == n { part } else { part * (len as f64 / n as f64) };
             accumulator.accumulate(self, GradientsParams::from_grads(loss.backward(), self));
@@ -150,7 +211,12 @@ impl<B: AutodiffBackend> TrainStep for Trainer<B> {
                 None => loss,
             });
         }
-        TrainOutput { grads: accumulator.grads(), item: DiffusionOutput { loss: total.expect("a batch has images") } }
+        let item = DiffusionOutput {
+            loss: total.expect("a batch has images"),
+            assign_distance: noise.mean_distance,
+            assign_seconds: noise.seconds,
+        };
+        TrainOutput { grads: accumulator.grads(), item }
     }
 
     /// Clips by global norm, takes the optimiser step, then moves the EMA toward the new weights.
@@ -172,7 +238,7 @@ impl<B: Backend> InferenceStep for Trainer<B> {
     type Output = DiffusionOutput<B>;
 
     fn step(&self, batch: DiffusionBatch<B>) -> DiffusionOutput<B> {
-        DiffusionOutput { loss: self.loss(batch) }
+        self.loss_and_assignment(batch)
     }
 }
 
@@ -185,7 +251,15 @@ mod tests {
     fn recipe(seed: u64) -> Recipe {
         let config = Config::from_toml("[data]\ndataset = \"idx\"\n", std::path::Path::new("t.toml"), &[]).unwrap();
         assert_eq!(config.data.dataset, DatasetKind::Idx);
-        Recipe { objective: Objective::from_config(&config), seed, ema_decay: 0.5, grad_clip: 1.0, label_dropout: 0.5, micro_batch: 0 }
+        Recipe {
+            objective: Objective::from_config(&config),
+            seed,
+            ema_decay: 0.5,
+            grad_clip: 1.0,
+            label_dropout: 0.5,
+            micro_batch: 0,
+            assignment: AssignConfig::default(),
+        }
     }
 
     fn tiny() -> UNetConfig {
@@ -280,8 +354,11 @@ mod tests {
         let mut split = recipe(2).init::<TestAutodiffBackend>(&tiny(), &device);
         split.recipe.micro_batch = 2;
         let out = TrainStep::step(&split, batch);
+        // The noise is drawn for the whole batch, then split with it.
+        let noise = split.batch_noise(&images, 4).noise;
         let part = |start, len, chunk| {
-            split.chunk_loss(images.clone().narrow(0, start, len), Some(labels.clone().narrow(0, start, len)), 4, chunk)
+            let (x, e) = (images.clone().narrow(0, start, len), noise.clone().narrow(0, start, len));
+            split.chunk_loss(x, e, Some(labels.clone().narrow(0, start, len)), 4, chunk)
         };
         let expected = (part(0, 2, 0) * 2.0 + part(2, 1, 1)) / 3.0;
         let expected_grads = GradientsParams::from_grads(expected.backward(), &split);
@@ -290,6 +367,6 @@ mod tests {
         let (got, want) = (flat_grads(&split, &out.grads), flat_grads(&split, &expected_grads));
         assert_eq!(got.len(), want.len());
         assert!(!got.is_empty() && got.iter().zip(&want).all(|(g, w)| (g - w).abs() <= 1e-5 * (1.0 + w.abs())));
-        assert_ne!(got, flat_grads(&whole, &a.grads), "the split draws other noise than the whole batch");
+        assert_ne!(got, flat_grads(&whole, &a.grads), "the second micro-batch draws other noise levels than the whole batch");
     }
 }

@@ -36,6 +36,9 @@ dropout = 0.2
 class_conditional = true
 label_dropout = 0.3
 
+[assignment]
+method = "lsa"
+
 [train]
 batch_size = 6
 steps = {steps}

@@ -111,6 +111,8 @@ fn malformed_configs_name_the_key_and_never_panic() {
     let syntax = write("syntax.toml", "[data\n");
     fails_with(emulsion(&["train", &syntax]), &["syntax.toml"]);
     fails_with(emulsion(&["train", "configs/quickstart.toml", "--set", "model.dropout=2"]), &["`model.dropout`"]);
+    fails_with(emulsion(&["train", "configs/quickstart.toml", "--set", "assignment.method=auction"]), &["`assignment.method`", "`lsa`", "`knn`"]);
+    fails_with(emulsion(&["train", "configs/quickstart.toml", "--set", "assignment.k=0"]), &["`assignment.k`", "at least 1"]);
     fails_with(
         emulsion(&["train", "configs/quickstart.toml", "--set", "diffusion.schedule=laplace", "--set", "diffusion.laplace.b=0"]),
         &["--set diffusion.laplace.b=0", "`diffusion.laplace.b`", "positive"],
@@ -165,6 +167,30 @@ fn schedule_dump_prints_the_formulas_and_plot_draws_them() {
     let out = dir.join("schedules.png");
     ok(emulsion(&["schedule", "plot", "--out", out.to_str().unwrap()]));
     assert_eq!(image_dimensions(&out), (1400, 600));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn bench_assign_prints_a_table_and_solves_given_costs_exactly() {
+    let output = ok(emulsion(&["bench", "assign", "--batch", "8,13", "--dim", "10", "--repeats", "1", "--device", "cpu", "--no-scipy"]));
+    let table = String::from_utf8(output.stdout).unwrap();
+    assert!(table.contains("lapjv ms") && table.contains("knn d"), "{table}");
+    let rows: Vec<&str> = table.lines().filter(|l| l.split_whitespace().next().is_some_and(|w| w == "8" || w == "13")).collect();
+    assert_eq!(rows.len(), 2, "{table}");
+
+    // A held-out matrix whose optimum is known: 1 on a hidden permutation, larger elsewhere.
+    let dir = tempdir("bench-costs");
+    let n = 40;
+    let hidden: Vec<usize> = (0..n).map(|i| (i * 17 + 5) % n).collect();
+    let costs = (0..n * n).map(|k| if hidden[k / n] == k % n { 1.0 } else { 2.0 + ((k * 7) % 11) as f64 }).collect();
+    let path = dir.join("costs.npy");
+    emulsion_assign::npy::write_costs(&path, &emulsion_assign::CostMatrix::new(n, costs)).unwrap();
+    let output = ok(emulsion(&["bench", "assign", "--costs", path.to_str().unwrap(), "--repeats", "1"]));
+    let table = String::from_utf8(output.stdout).unwrap();
+    let lapjv = table.lines().find(|l| l.starts_with("lapjv")).expect("a lapjv row");
+    assert_eq!(lapjv.split_whitespace().nth(1), Some("40"), "{table}");
+    std::fs::write(&path, b"not numpy").unwrap();
+    fails_with(emulsion(&["bench", "assign", "--costs", path.to_str().unwrap()]), &["costs.npy", "not a .npy file"]);
     std::fs::remove_dir_all(&dir).unwrap();
 }
 

@@ -1,0 +1,72 @@
+//! A short training run on the quick-start data with each assignment method: the journal
+//! records the mean image-noise distance and the assignment time of every step, and exact
+//! assignment pairs the very same noise more closely than the random pairing does.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use burn::backend::{Autodiff, NdArray};
+use emulsion_train::monitor::{read_journal, MetricsLine};
+use emulsion_train::{Config, Resume, TrainOptions};
+
+type B = Autodiff<NdArray<f32>>;
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn train(out: &Path, method: &str, extra: &[&str]) -> Vec<MetricsLine> {
+    let mut overrides: Vec<String> = vec![
+        format!("run.out_dir={:?}", out.display().to_string()),
+        format!("run.name={method}"),
+        format!("data.path={:?}", repo().join("datasets/fashion-mnist").display().to_string()),
+        "data.limit=64".into(),
+        "model.channels=8".into(),
+        "model.channel_mult=[1, 2]".into(),
+        "model.attn_resolutions=[]".into(),
+        format!("assignment.method={method}"),
+        "train.batch_size=16".into(),
+        "train.micro_batch=8".into(),
+        "train.steps=3".into(),
+        "train.checkpoint_every=3".into(),
+        "train.sample_every=0".into(),
+        "train.log_every=1".into(),
+        "sample.n=2".into(),
+        "sample.steps=2".into(),
+    ];
+    overrides.extend(extra.iter().map(|s| s.to_string()));
+    let config = Config::load(&repo().join("configs/quickstart.toml"), &overrides).unwrap();
+    let options = TrainOptions { resume: Resume::No, overwrite: true };
+    emulsion_train::train::<B>(&config, &Default::default(), &options).unwrap();
+    read_journal(&config.run_dir().join("metrics.jsonl")).unwrap()
+}
+
+#[test]
+fn every_method_trains_and_records_its_distance_and_time() {
+    let out = common::tempdir("assignment");
+    let none = train(&out, "none", &[]);
+    let lsa = train(&out, "lsa", &[]);
+    let lsa_fp16_sq = train(&out, "lsa", &["run.name=lsa-fp16", "assignment.quantize=fp16", "assignment.metric=l2sq"]);
+    let knn = train(&out, "knn", &["assignment.k=8"]);
+    for journal in [&none, &lsa, &lsa_fp16_sq, &knn] {
+        assert_eq!(journal.len(), 3);
+        for line in journal.iter() {
+            assert!(line.loss.is_finite());
+            assert!(line.assign_distance.is_some_and(|d| d.is_finite() && d > 0.0), "{line:?}");
+            assert!(line.assign_ms.is_some_and(|ms| ms >= 0.0), "{line:?}");
+        }
+    }
+    // The noise of each step is drawn before assignment from its own stream, so `none` and `lsa`
+    // pair the same images with the same noises: the optimum can only be closer.
+    for (random, exact) in none.iter().zip(&lsa) {
+        let (random, exact) = (random.assign_distance.unwrap(), exact.assign_distance.unwrap());
+        assert!(exact < random, "step: assigned {exact} vs random {random}");
+    }
+    for (random, exact) in none.iter().zip(&lsa_fp16_sq) {
+        assert!(exact.assign_distance.unwrap() < random.assign_distance.unwrap());
+    }
+    let mean = |j: &[MetricsLine]| j.iter().map(|l| l.assign_distance.unwrap()).sum::<f64>() / j.len() as f64;
+    assert!(mean(&knn) < mean(&none), "nearest of 8: {} vs random {}", mean(&knn), mean(&none));
+    std::fs::remove_dir_all(&out).unwrap();
+}

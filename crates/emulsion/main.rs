@@ -54,6 +54,9 @@ struct BenchAssignArgs {
     /// Candidates per image for KNN.
     #[arg(long, default_value_t = 4)]
     k: usize,
+    /// Final ε of the auction, in cost units: its total is within batch·ε of the optimum.
+    #[arg(long, default_value_t = 1e-3)]
+    epsilon: f64,
     /// Solve this B x B float32/float64 .npy matrix instead, printing each method's total and time.
     #[arg(long, value_name = "FILE.npy")]
     costs: Option<PathBuf>,
@@ -247,9 +250,10 @@ fn schedule(command: ScheduleCommand) -> Result<()> {
 fn bench_assign(args: BenchAssignArgs) -> Result<()> {
     use emulsion_assign::{bench, npy};
     anyhow::ensure!(args.repeats > 0, "--repeats must be at least 1");
+    anyhow::ensure!(args.epsilon > 0.0 && args.epsilon.is_finite(), "--epsilon must be positive");
     if let Some(path) = &args.costs {
         let costs = npy::read_costs(path)?;
-        print!("{}", bench::bench_costs(&costs, args.repeats));
+        print!("{}", bench::bench_costs(&costs, args.repeats, args.epsilon));
         return Ok(());
     }
     anyhow::ensure!(args.dim > 0, "--dim must be at least 1");
@@ -263,7 +267,8 @@ fn bench_assign(args: BenchAssignArgs) -> Result<()> {
         })
         .collect::<Result<Vec<_>>>()?;
     let scipy = (!args.no_scipy && args.scipy_script.is_file()).then(|| args.scipy_script.clone());
-    let options = bench::BenchOptions { batches, dim: args.dim, repeats: args.repeats, k: args.k, scipy, seed: args.seed };
+    let options =
+        bench::BenchOptions { batches, dim: args.dim, repeats: args.repeats, k: args.k, epsilon: args.epsilon, scipy, seed: args.seed };
     let backend = device::resolve(parse_device(&args.device)?)?;
     eprintln!("device: {}", backend.describe());
     let table = on_backend!(backend, B => bench::bench_assign::<B>(&options, &Default::default()));

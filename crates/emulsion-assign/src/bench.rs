@@ -10,6 +10,7 @@ use std::time::Instant;
 
 use burn::tensor::{backend::Backend, Distribution, ElementConversion, Tensor};
 
+use crate::auction::auction;
 use crate::distance::{cost_matrix, quantize, Metric, Quantize};
 use crate::knn::knn_noise;
 use crate::lapjv::{lapjv, CostMatrix};
@@ -24,6 +25,8 @@ pub struct BenchOptions {
     pub repeats: usize,
     /// Candidates per image for KNN.
     pub k: usize,
+    /// Final ε of the (CPU reference) auction, in cost units: its total is within `B·ε`.
+    pub epsilon: f64,
     /// `scripts/scipy_lsa.py`, to time scipy on the same matrices; `None` skips it.
     pub scipy: Option<PathBuf>,
     pub seed: u64,
@@ -86,8 +89,8 @@ pub fn bench_assign<B: Backend>(options: &BenchOptions, device: &B::Device) -> S
     .unwrap();
     writeln!(
         table,
-        "{:>6} {:>12} {:>11} {:>14} {:>10} {:>13} {:>12} {:>11} {:>11} {:>11} {:>9}",
-        "batch", "distance ms", "lapjv ms", "lapjv fp16 ms", "knn ms", "scipy fp16 ms", "scipy/lapjv", "random d", "lsa d", "knn d", "fp16 gap"
+        "{:>6} {:>12} {:>11} {:>14} {:>11} {:>10} {:>13} {:>12} {:>11} {:>11} {:>11} {:>9} {:>12}",
+        "batch", "distance ms", "lapjv ms", "lapjv fp16 ms", "auction ms", "knn ms", "scipy fp16 ms", "scipy/lapjv", "random d", "lsa d", "knn d", "fp16 gap", "auction gap"
     )
     .unwrap();
     let scratch = std::env::temp_dir().join(format!("emulsion-bench-assign-{}", std::process::id()));
@@ -105,6 +108,7 @@ pub fn bench_assign<B: Backend>(options: &BenchOptions, device: &B::Device) -> S
         let fp16 = CostMatrix::new(b, costs.iter().map(|&c| quantize(c, Quantize::Fp16) as f64).collect());
         let (lapjv_ms, best) = median_ms(options.repeats, || lapjv(&exact));
         let (lapjv16_ms, best16) = median_ms(options.repeats, || lapjv(&fp16));
+        let (auction_ms, bid) = median_ms(options.repeats, || auction(&exact, options.epsilon));
         let (knn_ms, knn_d) = median_ms(options.repeats, || {
             let (_, distance) = knn_noise(x.clone(), options.k);
             distance.mean().into_scalar().elem::<f64>()
@@ -113,6 +117,7 @@ pub fn bench_assign<B: Backend>(options: &BenchOptions, device: &B::Device) -> S
         let lsa_d = exact.total(&best) / b as f64;
         // The fp16 solution scored on the exact costs, against the exact optimum.
         let gap = (exact.total(&best16) - exact.total(&best)) / exact.total(&best);
+        let auction_gap = (exact.total(&bid) - exact.total(&best)) / exact.total(&best);
         if options.scipy.is_some() {
             std::fs::create_dir_all(&scratch).ok();
             let path = scratch.join(format!("costs-fp16-{b}.npy"));
@@ -120,21 +125,24 @@ pub fn bench_assign<B: Backend>(options: &BenchOptions, device: &B::Device) -> S
                 files.push(path);
             }
         }
-        rows.push((b, distance_ms, lapjv_ms, lapjv16_ms, knn_ms, random_d, lsa_d, knn_d, gap));
+        rows.push((b, distance_ms, lapjv_ms, lapjv16_ms, auction_ms, knn_ms, random_d, lsa_d, knn_d, gap, auction_gap));
     }
     let scipy = match &options.scipy {
         Some(script) if files.len() == rows.len() => Some(run_scipy(script, &files, options.repeats)),
         _ => None,
     };
-    for (i, (b, distance_ms, lapjv_ms, lapjv16_ms, knn_ms, random_d, lsa_d, knn_d, gap)) in rows.into_iter().enumerate() {
+    for (i, (b, distance_ms, lapjv_ms, lapjv16_ms, auction_ms, knn_ms, random_d, lsa_d, knn_d, gap, auction_gap)) in
+        rows.into_iter().enumerate()
+    {
         let (scipy_ms, ratio) = match &scipy {
             Some(Ok(s)) => (format!("{:.2}", s[i].ms), format!("{:.1}x", s[i].ms / lapjv16_ms)),
             _ => ("n/a".into(), "n/a".into()),
         };
         writeln!(
             table,
-            "{b:>6} {distance_ms:>12.2} {lapjv_ms:>11.2} {lapjv16_ms:>14.2} {knn_ms:>10.2} {scipy_ms:>13} {ratio:>12} {random_d:>11.4} {lsa_d:>11.4} {knn_d:>11.4} {:>8.4}%",
-            gap * 100.0
+            "{b:>6} {distance_ms:>12.2} {lapjv_ms:>11.2} {lapjv16_ms:>14.2} {auction_ms:>11.2} {knn_ms:>10.2} {scipy_ms:>13} {ratio:>12} {random_d:>11.4} {lsa_d:>11.4} {knn_d:>11.4} {:>8.4}% {:>11.5}%",
+            gap * 100.0,
+            auction_gap * 100.0
         )
         .unwrap();
     }
@@ -149,18 +157,26 @@ pub fn bench_assign<B: Backend>(options: &BenchOptions, device: &B::Device) -> S
         Some(Err(why)) => writeln!(table, "\nscipy not timed: {why} (pip install numpy scipy)").unwrap(),
         None => {}
     }
-    writeln!(table, "knn: nearest of k = {}; d: mean image-noise L2 distance; fp16 gap: extra total cost of the fp16 optimum", options.k).unwrap();
+    writeln!(
+        table,
+        "knn: nearest of k = {}; auction: CPU reference, final ε = {}; d: mean image-noise L2 distance; gaps: extra total cost over the exact optimum",
+        options.k, options.epsilon
+    )
+    .unwrap();
     let _ = std::fs::remove_dir_all(&scratch);
     table
 }
 
 /// The table for a given cost matrix: each method's total cost and time.
-pub fn bench_costs(costs: &CostMatrix, repeats: usize) -> String {
+pub fn bench_costs(costs: &CostMatrix, repeats: usize, epsilon: f64) -> String {
     let n = costs.n();
     let mut table = format!("{n} x {n} costs, median of {repeats} runs\n\n{:<10} {:>24} {:>12}\n", "method", "total cost", "ms");
     let identity: Vec<usize> = (0..n).collect();
     writeln!(table, "{:<10} {:>24} {:>12}", "identity", format!("{}", costs.total(&identity)), "-").unwrap();
     let (ms, best) = median_ms(repeats, || lapjv(costs));
     writeln!(table, "{:<10} {:>24} {:>12.3}", "lapjv", format!("{}", costs.total(&best)), ms).unwrap();
+    let (ms, bid) = median_ms(repeats, || auction(costs, epsilon));
+    writeln!(table, "{:<10} {:>24} {:>12.3}", "auction", format!("{}", costs.total(&bid)), ms).unwrap();
+    writeln!(table, "\nauction: CPU reference, final ε = {epsilon}, so within {} of the optimum", n as f64 * epsilon).unwrap();
     table
 }

@@ -5,9 +5,11 @@
 //!
 //! - [`distance`]: the cost matrix as one GEMM on the device.
 //! - [`lapjv`]: the exact solver (Jonker-Volgenant) on the CPU.
+//! - [`auction`]: Bertsekas' auction with ε-scaling and Jacobi bidding (CPU reference).
 //! - [`knn`]: the improved paper's nearest-of-`k` selection on the device (biased marginal).
 //! - [`bench`], [`npy`]: `emulsion bench assign`, and the `.npy` matrices it shares with scipy.
 
+pub mod auction;
 pub mod bench;
 pub mod distance;
 pub mod knn;

@@ -174,7 +174,7 @@ fn schedule_dump_prints_the_formulas_and_plot_draws_them() {
 fn bench_assign_prints_a_table_and_solves_given_costs_exactly() {
     let output = ok(emulsion(&["bench", "assign", "--batch", "8,13", "--dim", "10", "--repeats", "1", "--device", "cpu", "--no-scipy"]));
     let table = String::from_utf8(output.stdout).unwrap();
-    assert!(table.contains("lapjv ms") && table.contains("knn d"), "{table}");
+    assert!(table.contains("lapjv ms") && table.contains("auction gap") && table.contains("knn d"), "{table}");
     let rows: Vec<&str> = table.lines().filter(|l| l.split_whitespace().next().is_some_and(|w| w == "8" || w == "13")).collect();
     assert_eq!(rows.len(), 2, "{table}");
 
@@ -189,6 +189,11 @@ fn bench_assign_prints_a_table_and_solves_given_costs_exactly() {
     let table = String::from_utf8(output.stdout).unwrap();
     let lapjv = table.lines().find(|l| l.starts_with("lapjv")).expect("a lapjv row");
     assert_eq!(lapjv.split_whitespace().nth(1), Some("40"), "{table}");
+    // Integer costs and ε below 1/n: the auction is exact too.
+    let output = ok(emulsion(&["bench", "assign", "--costs", path.to_str().unwrap(), "--repeats", "1", "--epsilon", "0.02"]));
+    let table = String::from_utf8(output.stdout).unwrap();
+    let auction = table.lines().find(|l| l.starts_with("auction ")).expect("an auction row");
+    assert_eq!(auction.split_whitespace().nth(1), Some("40"), "{table}");
     std::fs::write(&path, b"not numpy").unwrap();
     fails_with(emulsion(&["bench", "assign", "--costs", path.to_str().unwrap()]), &["costs.npy", "not a .npy file"]);
     std::fs::remove_dir_all(&dir).unwrap();

@@ -253,7 +253,10 @@ fn bench_assign(args: BenchAssignArgs) -> Result<()> {
     anyhow::ensure!(args.epsilon > 0.0 && args.epsilon.is_finite(), "--epsilon must be positive");
     if let Some(path) = &args.costs {
         let costs = npy::read_costs(path)?;
-        print!("{}", bench::bench_costs(&costs, args.repeats, args.epsilon));
+        let backend = device::resolve(parse_device(&args.device)?)?;
+        eprintln!("device: {}", backend.describe());
+        let table = on_backend!(backend, B => bench::bench_costs::<B>(&costs, args.repeats, args.epsilon, &Default::default()));
+        print!("{table}");
         return Ok(());
     }
     anyhow::ensure!(args.dim > 0, "--dim must be at least 1");

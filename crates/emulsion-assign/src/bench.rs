@@ -1,5 +1,6 @@
-//! `emulsion bench assign`: what assignment costs, per batch size. The distance kernel and KNN
-//! run on the chosen backend; LAPJV on this CPU; scipy's `linear_sum_assignment` (through
+//! `emulsion bench assign`: what assignment costs, per batch size. The distance kernel, the
+//! device auction and KNN run on the chosen backend; LAPJV and the reference auction on this
+//! CPU; scipy's `linear_sum_assignment` (through
 //! `scripts/scipy_lsa.py`, when Python and scipy are there) on the very same matrices, so the
 //! ratio is measured in the same run.
 
@@ -8,9 +9,10 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
-use burn::tensor::{backend::Backend, Distribution, ElementConversion, Tensor};
+use burn::tensor::{Distribution, ElementConversion, Int, Tensor, TensorData};
 
 use crate::auction::auction;
+use crate::backend::{AssignBackend, AuctionMode};
 use crate::distance::{cost_matrix, quantize, Metric, Quantize};
 use crate::knn::knn_noise;
 use crate::lapjv::{lapjv, CostMatrix};
@@ -25,7 +27,7 @@ pub struct BenchOptions {
     pub repeats: usize,
     /// Candidates per image for KNN.
     pub k: usize,
-    /// Final ε of the (CPU reference) auction, in cost units: its total is within `B·ε`.
+    /// Final ε of the approximate auctions, in cost units: their totals are within `B·ε`.
     pub epsilon: f64,
     /// `scripts/scipy_lsa.py`, to time scipy on the same matrices; `None` skips it.
     pub scipy: Option<PathBuf>,
@@ -77,20 +79,42 @@ fn run_scipy(script: &Path, files: &[PathBuf], repeats: usize) -> Result<Vec<Sci
         .collect()
 }
 
+/// The device auction's column for each row of `costs` (read back, so the timing includes it).
+fn device_auction<B: AssignBackend>(costs: Tensor<B, 2>, mode: AuctionMode) -> Vec<usize> {
+    let columns = Tensor::<B, 1, Int>::from_primitive(B::auction(costs.into_primitive().tensor(), mode));
+    columns.into_data().convert::<i64>().to_vec::<i64>().expect("int columns").into_iter().map(|j| j as usize).collect()
+}
+
 /// The table for random images-like data (`U(-1, 1)`) against standard normal noise.
-pub fn bench_assign<B: Backend>(options: &BenchOptions, device: &B::Device) -> String {
+pub fn bench_assign<B: AssignBackend>(options: &BenchOptions, device: &B::Device) -> String {
     let mut table = String::new();
     let d = options.dim;
     writeln!(
         table,
-        "dim {d}, median of {} runs; distance = cost matrix on the device + readback; lapjv on this CPU\n",
+        "dim {d}, median of {} runs; distance = cost matrix on the device + readback; lapjv, cpu auction on this CPU;\n\
+         device auctions include their cost matrix and the permutation's readback\n",
         options.repeats
     )
     .unwrap();
     writeln!(
         table,
-        "{:>6} {:>12} {:>11} {:>14} {:>11} {:>10} {:>13} {:>12} {:>11} {:>11} {:>11} {:>9} {:>12}",
-        "batch", "distance ms", "lapjv ms", "lapjv fp16 ms", "auction ms", "knn ms", "scipy fp16 ms", "scipy/lapjv", "random d", "lsa d", "knn d", "fp16 gap", "auction gap"
+        "{:>6} {:>12} {:>11} {:>14} {:>15} {:>17} {:>17} {:>10} {:>13} {:>12} {:>11} {:>11} {:>11} {:>9} {:>12} {:>16}",
+        "batch",
+        "distance ms",
+        "lapjv ms",
+        "lapjv fp16 ms",
+        "cpu auction ms",
+        "dev auction ms",
+        "dev auction ε ms",
+        "knn ms",
+        "scipy fp16 ms",
+        "scipy/lapjv",
+        "random d",
+        "lsa d",
+        "knn d",
+        "fp16 gap",
+        "auction ε gap",
+        "dev exact = opt"
     )
     .unwrap();
     let scratch = std::env::temp_dir().join(format!("emulsion-bench-assign-{}", std::process::id()));
@@ -103,7 +127,7 @@ pub fn bench_assign<B: Backend>(options: &BenchOptions, device: &B::Device) -> S
         let x = Tensor::<B, 2>::random([b, d], Distribution::Uniform(-1.0, 1.0), device);
         let e = Tensor::<B, 2>::random([b, d], Distribution::Normal(0.0, 1.0), device);
         let (distance_ms, costs) = median_ms(options.repeats, || {
-            let c: Vec<f32> = cost_matrix(x.clone(), e.clone(), Metric::L2).into_data().convert::<f32>().to_vec().unwrap();
+            let c: Vec<f32> = cost_matrix(x.clone(), e.clone(), Metric::L2, Quantize::None).into_data().convert::<f32>().to_vec().unwrap();
             c
         });
         let exact = CostMatrix::new(b, costs.iter().map(|&c| c as f64).collect());
@@ -111,6 +135,13 @@ pub fn bench_assign<B: Backend>(options: &BenchOptions, device: &B::Device) -> S
         let (lapjv_ms, best) = median_ms(options.repeats, || lapjv(&exact));
         let (lapjv16_ms, best16) = median_ms(options.repeats, || lapjv(&fp16));
         let (auction_ms, bid) = median_ms(options.repeats, || auction(&exact, options.epsilon));
+        // On the device: fp16 costs solved exactly (training's `quantize = "fp16"`), and f32
+        // costs to within B·ε.
+        let (device_ms, device_exact) =
+            median_ms(options.repeats, || device_auction(cost_matrix(x.clone(), e.clone(), Metric::L2, Quantize::Fp16), AuctionMode::Exact));
+        let epsilon = AuctionMode::Approximate { epsilon: options.epsilon as f32 };
+        let (device_eps_ms, device_eps) =
+            median_ms(options.repeats, || device_auction(cost_matrix(x.clone(), e.clone(), Metric::L2, Quantize::None), epsilon));
         let (knn_ms, knn_d) = median_ms(options.repeats, || {
             let (_, distance) = knn_noise(x.clone(), options.k);
             distance.mean().into_scalar().elem::<f64>()
@@ -119,7 +150,9 @@ pub fn bench_assign<B: Backend>(options: &BenchOptions, device: &B::Device) -> S
         let lsa_d = exact.total(&best) / b as f64;
         // The fp16 solution scored on the exact costs, against the exact optimum.
         let gap = (exact.total(&best16) - exact.total(&best)) / exact.total(&best);
-        let auction_gap = (exact.total(&bid) - exact.total(&best)) / exact.total(&best);
+        let auction_gap = (exact.total(&device_eps) - exact.total(&best)) / exact.total(&best);
+        let cpu_gap = (exact.total(&bid) - exact.total(&best)) / exact.total(&best);
+        let exact_optimal = fp16.total(&device_exact) == fp16.total(&best16);
         fp16_optima.push(fp16.total(&best16));
         if options.scipy.is_some() {
             std::fs::create_dir_all(&scratch).ok();
@@ -128,24 +161,39 @@ pub fn bench_assign<B: Backend>(options: &BenchOptions, device: &B::Device) -> S
                 files.push(path);
             }
         }
-        rows.push((b, distance_ms, lapjv_ms, lapjv16_ms, auction_ms, knn_ms, random_d, lsa_d, knn_d, gap, auction_gap));
+        rows.push(Row {
+            b,
+            distance_ms,
+            lapjv_ms,
+            lapjv16_ms,
+            auction_ms,
+            device_ms,
+            device_eps_ms,
+            knn_ms,
+            random_d,
+            lsa_d,
+            knn_d,
+            gap,
+            auction_gap: auction_gap.max(cpu_gap),
+            exact_optimal,
+        });
     }
     let scipy = match &options.scipy {
         Some(script) if files.len() == rows.len() => Some(run_scipy(script, &files, options.repeats)),
         _ => None,
     };
-    for (i, (b, distance_ms, lapjv_ms, lapjv16_ms, auction_ms, knn_ms, random_d, lsa_d, knn_d, gap, auction_gap)) in
-        rows.into_iter().enumerate()
-    {
+    for (i, row) in rows.into_iter().enumerate() {
         let (scipy_ms, ratio) = match &scipy {
-            Some(Ok(s)) => (format!("{:.2}", s[i].ms), format!("{:.1}x", s[i].ms / lapjv16_ms)),
+            Some(Ok(s)) => (format!("{:.2}", s[i].ms), format!("{:.1}x", s[i].ms / row.lapjv16_ms)),
             _ => ("n/a".into(), "n/a".into()),
         };
+        let Row { b, distance_ms, lapjv_ms, lapjv16_ms, auction_ms, device_ms, device_eps_ms, knn_ms, random_d, lsa_d, knn_d, .. } = row;
         writeln!(
             table,
-            "{b:>6} {distance_ms:>12.2} {lapjv_ms:>11.2} {lapjv16_ms:>14.2} {auction_ms:>11.2} {knn_ms:>10.2} {scipy_ms:>13} {ratio:>12} {random_d:>11.4} {lsa_d:>11.4} {knn_d:>11.4} {:>8.4}% {:>11.5}%",
-            gap * 100.0,
-            auction_gap * 100.0
+            "{b:>6} {distance_ms:>12.2} {lapjv_ms:>11.2} {lapjv16_ms:>14.2} {auction_ms:>15.2} {device_ms:>17.2} {device_eps_ms:>17.2} {knn_ms:>10.2} {scipy_ms:>13} {ratio:>12} {random_d:>11.4} {lsa_d:>11.4} {knn_d:>11.4} {:>8.4}% {:>11.5}% {:>16}",
+            row.gap * 100.0,
+            row.auction_gap * 100.0,
+            if row.exact_optimal { "yes" } else { "NO" }
         )
         .unwrap();
     }
@@ -160,7 +208,9 @@ pub fn bench_assign<B: Backend>(options: &BenchOptions, device: &B::Device) -> S
     }
     writeln!(
         table,
-        "knn: nearest of k = {}; auction: CPU reference, final ε = {}; d: mean image-noise L2 distance; gaps: extra total cost over the exact optimum",
+        "knn: nearest of k = {}; auctions: final ε = {} (exact: integer costs, ε < 1/(B+1)); d: mean image-noise L2 distance;\n\
+         gaps: extra total cost over the exact optimum (auction ε gap: the larger of the CPU and device auctions');\n\
+         dev exact = opt: the device's exact auction on fp16 costs reaches LAPJV's fp16 optimum",
         options.k, options.epsilon
     )
     .unwrap();
@@ -168,16 +218,51 @@ pub fn bench_assign<B: Backend>(options: &BenchOptions, device: &B::Device) -> S
     table
 }
 
-/// The table for a given cost matrix: each method's total cost and time.
-pub fn bench_costs(costs: &CostMatrix, repeats: usize, epsilon: f64) -> String {
+/// One batch size's measurements.
+struct Row {
+    b: usize,
+    distance_ms: f64,
+    lapjv_ms: f64,
+    lapjv16_ms: f64,
+    auction_ms: f64,
+    device_ms: f64,
+    device_eps_ms: f64,
+    knn_ms: f64,
+    random_d: f64,
+    lsa_d: f64,
+    knn_d: f64,
+    gap: f64,
+    auction_gap: f64,
+    exact_optimal: bool,
+}
+
+/// The table for a given cost matrix: each method's total cost and time. The device auctions
+/// get the matrix as f32 (the time excludes the upload, includes the permutation's readback).
+pub fn bench_costs<B: AssignBackend>(costs: &CostMatrix, repeats: usize, epsilon: f64, device: &B::Device) -> String {
     let n = costs.n();
-    let mut table = format!("{n} x {n} costs, median of {repeats} runs\n\n{:<10} {:>24} {:>12}\n", "method", "total cost", "ms");
-    let identity: Vec<usize> = (0..n).collect();
-    writeln!(table, "{:<10} {:>24} {:>12}", "identity", format!("{}", costs.total(&identity)), "-").unwrap();
+    let name = 22;
+    let mut table = format!("{n} x {n} costs, median of {repeats} runs\n\n{:<name$} {:>24} {:>12}\n", "method", "total cost", "ms");
+    let mut row = |method: &str, columns: &[usize], ms: Option<f64>| {
+        let ms = ms.map_or("-".to_string(), |ms| format!("{ms:.3}"));
+        writeln!(table, "{method:<name$} {:>24} {ms:>12}", format!("{}", costs.total(columns))).unwrap();
+    };
+    row("identity", &(0..n).collect::<Vec<_>>(), None);
     let (ms, best) = median_ms(repeats, || lapjv(costs));
-    writeln!(table, "{:<10} {:>24} {:>12.3}", "lapjv", format!("{}", costs.total(&best)), ms).unwrap();
+    row("lapjv", &best, Some(ms));
     let (ms, bid) = median_ms(repeats, || auction(costs, epsilon));
-    writeln!(table, "{:<10} {:>24} {:>12.3}", "auction", format!("{}", costs.total(&bid)), ms).unwrap();
-    writeln!(table, "\nauction: CPU reference, final ε = {epsilon}, so within {} of the optimum", n as f64 * epsilon).unwrap();
+    row("auction (cpu, ε)", &bid, Some(ms));
+    let values: Vec<f32> = (0..n * n).map(|k| costs.get(k / n, k % n) as f32).collect();
+    let matrix = Tensor::<B, 2>::from_data(TensorData::new(values, [n, n]), device);
+    let (ms, columns) = median_ms(repeats, || device_auction(matrix.clone(), AuctionMode::Exact));
+    row("auction (device, exact)", &columns, Some(ms));
+    let (ms, columns) = median_ms(repeats, || device_auction(matrix.clone(), AuctionMode::Approximate { epsilon: epsilon as f32 }));
+    row("auction (device, ε)", &columns, Some(ms));
+    writeln!(
+        table,
+        "\nauctions with ε = {epsilon} are within {} of the optimum; the exact one is optimal for the costs\n\
+         rounded to multiples of 2^-k (k as large as keeps range·2^k·(n+1) ≤ 2^24): exactly optimal for fp16 or integer costs",
+        n as f64 * epsilon
+    )
+    .unwrap();
     table
 }

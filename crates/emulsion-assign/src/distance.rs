@@ -1,8 +1,11 @@
 //! The image-noise cost matrix `C[i][j] = ‖x_i − e_j‖` as one GEMM:
 //! `‖x_i‖² + ‖e_j‖² − 2 x_i·e_j`, clamped at 0 (rounding can make it slightly negative), then
-//! the square root for the L2 metric. Burn ops, so it runs on every backend's matmul.
+//! the square root for the L2 metric and the optional fp16 rounding. The GEMM is the backend's
+//! matmul; the rest is [`AssignBackend::cost_epilogue`], one CubeCL kernel on WGPU and CUDA.
 
-use burn::tensor::{backend::Backend, Tensor};
+use burn::tensor::{Tensor, TensorPrimitive};
+
+use crate::backend::AssignBackend;
 use serde::{Deserialize, Serialize};
 
 /// The assignment cost between an image and a noise.
@@ -21,29 +24,27 @@ pub enum Metric {
 #[serde(rename_all = "lowercase")]
 pub enum Quantize {
     /// Round each cost to the nearest `f16`, as the official code's fp16 costs do (it also
-    /// scales by 0.1 first, which only avoids fp16 overflow in its fp16 GEMM).
+    /// scales by 0.1 first, which only avoids fp16 overflow in its fp16 GEMM); costs beyond
+    /// fp16's range saturate at 65504.
     Fp16,
     /// Full `f32` costs.
     #[default]
     None,
 }
 
-/// `C[i][j]` for images `x` `[B, D]` and noises `e` `[B', D]`, `[B, B']`.
-pub fn cost_matrix<B: Backend>(x: Tensor<B, 2>, e: Tensor<B, 2>, metric: Metric) -> Tensor<B, 2> {
+/// `C[i][j]` for images `x` `[B, D]` and noises `e` `[B', D]`, `[B, B']`, rounded as `quantize_to` says.
+pub fn cost_matrix<B: AssignBackend>(x: Tensor<B, 2>, e: Tensor<B, 2>, metric: Metric, quantize_to: Quantize) -> Tensor<B, 2> {
     let x_sq = x.clone().powi_scalar(2).sum_dim(1); // [B, 1]
     let e_sq = e.clone().powi_scalar(2).sum_dim(1).transpose(); // [1, B']
-    let cross = x.matmul(e.transpose());
-    let squared = (x_sq + e_sq - cross * 2.0).clamp_min(0.0);
-    match metric {
-        Metric::L2 => squared.sqrt(),
-        Metric::L2sq => squared,
-    }
+    let gram = x.matmul(e.transpose());
+    let [x_sq, e_sq, gram] = [x_sq, e_sq, gram].map(|t| t.into_primitive().tensor());
+    Tensor::from_primitive(TensorPrimitive::Float(B::cost_epilogue(x_sq, e_sq, gram, metric, quantize_to)))
 }
 
 /// `c` rounded as `quantize` says.
 pub fn quantize(c: f32, quantize: Quantize) -> f32 {
     match quantize {
-        Quantize::Fp16 => half::f16::from_f32(c).to_f32(),
+        Quantize::Fp16 => half::f16::from_f32(c).to_f32().min(half::f16::MAX.to_f32()),
         Quantize::None => c,
     }
 }
@@ -78,7 +79,7 @@ mod tests {
                 Tensor::<TestBackend, 2>::from_data(burn::tensor::TensorData::new(flat, [b, d]), &device)
             };
             for metric in [Metric::L2, Metric::L2sq] {
-                let got: Vec<f32> = cost_matrix(tensor(&x), tensor(&e), metric).into_data().to_vec().unwrap();
+                let got: Vec<f32> = cost_matrix(tensor(&x), tensor(&e), metric, Quantize::None).into_data().to_vec().unwrap();
                 let want = reference(&x, &e, metric);
                 for (g, w) in got.iter().zip(&want) {
                     // f32 accumulation of d terms: relative error ~ √d · 2⁻²⁴ of ‖x‖² + ‖e‖².
@@ -95,7 +96,7 @@ mod tests {
     #[test]
     fn identical_points_cost_zero_not_nan() {
         let x = Tensor::<TestBackend, 2>::from_floats([[0.3, -0.7, 1.1], [2.0, 2.0, 2.0]], &Default::default());
-        let c: Vec<f32> = cost_matrix(x.clone(), x, Metric::L2).into_data().to_vec().unwrap();
+        let c: Vec<f32> = cost_matrix(x.clone(), x, Metric::L2, Quantize::None).into_data().to_vec().unwrap();
         assert!(c[0] == 0.0 && c[3] == 0.0, "{c:?}");
         assert!(c.iter().all(|v| v.is_finite()));
     }

@@ -5,12 +5,17 @@
 //!
 //! - [`distance`]: the cost matrix as one GEMM on the device.
 //! - [`lapjv`]: the exact solver (Jonker-Volgenant) on the CPU.
-//! - [`auction`]: Bertsekas' auction with ε-scaling and Jacobi bidding (CPU reference).
+//! - [`auction`]: Bertsekas' auction with ε-scaling and Jacobi bidding (CPU reference); the
+//!   same auction runs on WGPU/CUDA as one CubeCL kernel (`cube.rs`).
 //! - [`knn`]: the improved paper's nearest-of-`k` selection on the device (biased marginal).
+//! - [`backend`]: [`AssignBackend`], the backend extension the device kernels hang on.
 //! - [`bench`], [`npy`]: `emulsion bench assign`, and the `.npy` matrices it shares with scipy.
 
 pub mod auction;
+pub mod backend;
 pub mod bench;
+#[cfg(feature = "cubecl")]
+mod cube;
 pub mod distance;
 pub mod knn;
 pub mod lapjv;
@@ -21,6 +26,7 @@ use std::time::Instant;
 use burn::tensor::{backend::Backend, Int, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
+pub use backend::{AssignBackend, AuctionMode};
 pub use distance::{cost_matrix, Metric, Quantize};
 pub use knn::knn_noise;
 pub use lapjv::{lapjv, CostMatrix};
@@ -34,6 +40,9 @@ pub enum Method {
     None,
     /// Exact minimum-cost assignment (LAPJV on the CPU) over the batch.
     Lsa,
+    /// Bertsekas' auction on the device (on the CPU for CPU backends): exact when `epsilon` is
+    /// 0, else within `B·epsilon` of the minimum total cost.
+    Auction,
     /// Nearest of `k` fresh candidates per image (biases the noise marginal).
     Knn,
 }
@@ -46,13 +55,37 @@ pub struct AssignConfig {
     /// Candidates per image for `knn`.
     pub k: usize,
     pub metric: Metric,
-    /// Rounding of the costs before `lsa` solves them.
+    /// Rounding of the costs before `lsa` or `auction` solves them.
     pub quantize: Quantize,
+    /// The auction's final ε in cost units; 0 solves exactly (integer-quantised costs).
+    pub epsilon: f64,
 }
 
 impl Default for AssignConfig {
     fn default() -> Self {
-        Self { method: Method::None, k: 4, metric: Metric::L2, quantize: Quantize::None }
+        Self { method: Method::None, k: 4, metric: Metric::L2, quantize: Quantize::None, epsilon: 0.0 }
+    }
+}
+
+impl AssignConfig {
+    /// The first option that is out of range, as `(key, problem)`.
+    pub fn validate(&self) -> Result<(), (&'static str, String)> {
+        if self.k == 0 {
+            return Err(("k", "must be at least 1".into()));
+        }
+        if !(self.epsilon.is_finite() && self.epsilon >= 0.0) {
+            return Err(("epsilon", format!("must be a finite number ≥ 0 (0 = exact), got {}", self.epsilon)));
+        }
+        Ok(())
+    }
+
+    /// The auction's mode for these options.
+    pub fn auction_mode(&self) -> AuctionMode {
+        if self.epsilon == 0.0 {
+            AuctionMode::Exact
+        } else {
+            AuctionMode::Approximate { epsilon: self.epsilon as f32 }
+        }
     }
 }
 
@@ -64,14 +97,14 @@ pub struct Assigned<B: Backend> {
     /// The mean L2 distance between each image and its noise, on the device (read it when
     /// convenient: reading it waits for the device).
     pub mean_distance: Tensor<B, 1>,
-    /// Host time spent in the assignment: for `lsa` the cost readback and the solve; for the
-    /// on-device methods only the time to enqueue their work.
+    /// Host time spent in the assignment: for `lsa` (and `auction` on a CPU backend) the cost
+    /// readback and the solve; for the on-device methods only the time to enqueue their work.
     pub seconds: f64,
 }
 
 /// Pairs `noise` `[B, D]` with images `x` `[B, D]` as `config` says. `knn` ignores `noise` and
 /// draws its own `B·k` candidates from the backend's generator.
-pub fn assign<B: Backend>(x: Tensor<B, 2>, noise: Tensor<B, 2>, config: &AssignConfig) -> Assigned<B> {
+pub fn assign<B: AssignBackend>(x: Tensor<B, 2>, noise: Tensor<B, 2>, config: &AssignConfig) -> Assigned<B> {
     let started = Instant::now();
     let [b, _] = x.dims();
     let (noise, mean_distance) = match config.method {
@@ -83,19 +116,25 @@ pub fn assign<B: Backend>(x: Tensor<B, 2>, noise: Tensor<B, 2>, config: &AssignC
             let (noise, distance) = knn_noise(x, config.k);
             (noise, distance.mean())
         }
-        Method::Lsa if b < 2 => {
+        Method::Lsa | Method::Auction if b < 2 => {
             let distance = row_distance(x, noise.clone());
             (noise, distance.mean())
         }
         Method::Lsa => {
             let device = x.device();
-            let costs = cost_matrix(x.clone(), noise.clone(), config.metric);
+            let costs = cost_matrix(x.clone(), noise.clone(), config.metric, config.quantize);
             let costs: Vec<f32> = costs.into_data().convert::<f32>().to_vec().expect("f32 costs");
-            let costs = CostMatrix::new(b, costs.into_iter().map(|c| distance::quantize(c, config.quantize) as f64).collect());
-            let columns = lapjv(&costs);
+            let columns = lapjv(&CostMatrix::new(b, costs.into_iter().map(f64::from).collect()));
             let index: Vec<i64> = columns.iter().map(|&j| j as i64).collect();
             let index = Tensor::<B, 1, Int>::from_data(TensorData::new(index, [b]), &device);
             let noise = noise.select(0, index);
+            let distance = row_distance(x, noise.clone());
+            (noise, distance.mean())
+        }
+        Method::Auction => {
+            let costs = cost_matrix(x.clone(), noise.clone(), config.metric, config.quantize);
+            let columns = B::auction(costs.into_primitive().tensor(), config.auction_mode());
+            let noise = noise.select(0, Tensor::<B, 1, Int>::from_primitive(columns));
             let distance = row_distance(x, noise.clone());
             (noise, distance.mean())
         }

@@ -471,7 +471,7 @@ impl Config {
             self.unet_config(size, 1, 0).validate().map_err(|m| ("model".into(), m))?;
         }
         self.diffusion.validate()?;
-        positive("assignment.k", self.assignment.k)?;
+        self.assignment.validate().map_err(|(key, problem)| (format!("assignment.{key}"), problem))?;
         let t = &self.train;
         positive("train.batch_size", t.batch_size)?;
         positive("train.steps", t.steps)?;

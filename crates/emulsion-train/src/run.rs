@@ -18,6 +18,7 @@ use burn::module::Module;
 use burn::optim::AdamWConfig;
 use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
+use emulsion_assign::AssignBackend;
 use burn::train::logger::MetricLogger;
 use crate::metrics::{AssignDistance, AssignMilliseconds, ScalarMetric};
 use burn::train::metric::store::{EpochSummary, MetricsUpdate, Split};
@@ -109,7 +110,11 @@ impl Recipe {
 }
 
 /// Trains the run `config` describes on `device`.
-pub fn train<B: AutodiffBackend>(config: &Config, device: &B::Device, options: &TrainOptions) -> Result<TrainReport, TrainError> {
+pub fn train<B>(config: &Config, device: &B::Device, options: &TrainOptions) -> Result<TrainReport, TrainError>
+where
+    B: AutodiffBackend + AssignBackend,
+    B::InnerBackend: AssignBackend,
+{
     let images = data::load(config)?;
     if config.model.class_conditional && images.labels.is_none() {
         return Err(TrainError::Invalid {

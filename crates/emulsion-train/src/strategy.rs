@@ -10,6 +10,7 @@ use burn::data::dataloader::Progress;
 use burn::module::AutodiffModule;
 use burn::optim::Optimizer;
 use burn::tensor::backend::AutodiffBackend;
+use emulsion_assign::AssignBackend;
 use burn::train::checkpoint::AsyncCheckpointer;
 use burn::train::{
     EventProcessorTraining, Learner, LearnerEvent, LearningCheckpointer, LearningComponentsMarker,
@@ -76,7 +77,11 @@ pub struct StepStrategy<B: AutodiffBackend> {
     pub outcome: Arc<Mutex<Outcome>>,
 }
 
-impl<B: AutodiffBackend> StepStrategy<B> {
+impl<B> StepStrategy<B>
+where
+    B: AutodiffBackend + AssignBackend,
+    B::InnerBackend: AssignBackend,
+{
     fn checkpoint<O>(
         &self,
         checkpointer: &mut LearningCheckpointer<Components<B, O>>,
@@ -115,7 +120,8 @@ impl<B: AutodiffBackend> StepStrategy<B> {
 
 impl<B, O> SupervisedLearningStrategy<Components<B, O>> for StepStrategy<B>
 where
-    B: AutodiffBackend,
+    B: AutodiffBackend + AssignBackend,
+    B::InnerBackend: AssignBackend,
     O: Optimizer<Trainer<B>, B> + 'static,
 {
     fn fit(

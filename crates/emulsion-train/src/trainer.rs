@@ -11,7 +11,7 @@ use burn::train::{InferenceStep, TrainOutput, TrainStep};
 use burn::backend::Flex;
 use emulsion_models::{UNet, UNetConfig};
 
-use emulsion_assign::{assign, AssignConfig};
+use emulsion_assign::{assign, AssignBackend, AssignConfig};
 
 use crate::data::DiffusionBatch;
 use crate::objective::{Objective, ObjectiveInput};
@@ -73,7 +73,7 @@ pub fn materialize<B: Backend, M: Module<B>>(module: &M) {
     module.visit(&mut Touch);
 }
 
-impl<B: Backend> Trainer<B> {
+impl<B: AssignBackend> Trainer<B> {
     /// The mean loss of `batch` (not reduced across devices), with all of the step's randomness
     /// drawn from the backend generator seeded by `(seed, step)`.
     pub fn loss(&self, batch: DiffusionBatch<B>) -> Tensor<B, 1> {
@@ -182,7 +182,7 @@ impl<B: Backend> ItemLazy for DiffusionOutput<B> {
     }
 }
 
-impl<B: AutodiffBackend> TrainStep for Trainer<B> {
+impl<B: AutodiffBackend + AssignBackend> TrainStep for Trainer<B> {
     type Input = DiffusionBatch<B>;
     type Output = DiffusionOutput<B>;
 
@@ -233,7 +233,7 @@ impl<B: AutodiffBackend> TrainStep for Trainer<B> {
     }
 }
 
-impl<B: Backend> InferenceStep for Trainer<B> {
+impl<B: AssignBackend> InferenceStep for Trainer<B> {
     type Input = DiffusionBatch<B>;
     type Output = DiffusionOutput<B>;
 

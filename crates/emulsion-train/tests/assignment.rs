@@ -49,7 +49,9 @@ fn every_method_trains_and_records_its_distance_and_time() {
     let lsa = train(&out, "lsa", &[]);
     let lsa_fp16_sq = train(&out, "lsa", &["run.name=lsa-fp16", "assignment.quantize=fp16", "assignment.metric=l2sq"]);
     let knn = train(&out, "knn", &["assignment.k=8"]);
-    for journal in [&none, &lsa, &lsa_fp16_sq, &knn] {
+    let auction = train(&out, "auction", &["assignment.quantize=fp16"]);
+    let auction_eps = train(&out, "auction", &["run.name=auction-eps", "assignment.epsilon=0.001"]);
+    for journal in [&none, &lsa, &lsa_fp16_sq, &knn, &auction, &auction_eps] {
         assert_eq!(journal.len(), 3);
         for line in journal.iter() {
             assert!(line.loss.is_finite());
@@ -65,6 +67,14 @@ fn every_method_trains_and_records_its_distance_and_time() {
     }
     for (random, exact) in none.iter().zip(&lsa_fp16_sq) {
         assert!(exact.assign_distance.unwrap() < random.assign_distance.unwrap());
+    }
+    // The auction solves the same problems: exactly on fp16 costs, within B·ε otherwise.
+    for ((random, lsa), (auction, auction_eps)) in none.iter().zip(&lsa).zip(auction.iter().zip(&auction_eps)) {
+        let (random, lsa) = (random.assign_distance.unwrap(), lsa.assign_distance.unwrap());
+        for assigned in [auction.assign_distance.unwrap(), auction_eps.assign_distance.unwrap()] {
+            assert!(assigned < random, "auction {assigned} vs random {random}");
+            assert!((assigned - lsa).abs() < 1e-2 * lsa, "auction {assigned} vs lsa {lsa}");
+        }
     }
     let mean = |j: &[MetricsLine]| j.iter().map(|l| l.assign_distance.unwrap()).sum::<f64>() / j.len() as f64;
     assert!(mean(&knn) < mean(&none), "nearest of 8: {} vs random {}", mean(&knn), mean(&none));

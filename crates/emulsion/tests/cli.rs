@@ -111,7 +111,8 @@ fn malformed_configs_name_the_key_and_never_panic() {
     let syntax = write("syntax.toml", "[data\n");
     fails_with(emulsion(&["train", &syntax]), &["syntax.toml"]);
     fails_with(emulsion(&["train", "configs/quickstart.toml", "--set", "model.dropout=2"]), &["`model.dropout`"]);
-    fails_with(emulsion(&["train", "configs/quickstart.toml", "--set", "assignment.method=auction"]), &["`assignment.method`", "`lsa`", "`knn`"]);
+    fails_with(emulsion(&["train", "configs/quickstart.toml", "--set", "assignment.method=hungarian"]), &["`assignment.method`", "`lsa`", "`auction`", "`knn`"]);
+    fails_with(emulsion(&["train", "configs/quickstart.toml", "--set", "assignment.epsilon=-1"]), &["`assignment.epsilon`", "≥ 0"]);
     fails_with(emulsion(&["train", "configs/quickstart.toml", "--set", "assignment.k=0"]), &["`assignment.k`", "at least 1"]);
     fails_with(
         emulsion(&["train", "configs/quickstart.toml", "--set", "diffusion.schedule=laplace", "--set", "diffusion.laplace.b=0"]),
@@ -174,9 +175,11 @@ fn schedule_dump_prints_the_formulas_and_plot_draws_them() {
 fn bench_assign_prints_a_table_and_solves_given_costs_exactly() {
     let output = ok(emulsion(&["bench", "assign", "--batch", "8,13", "--dim", "10", "--repeats", "1", "--device", "cpu", "--no-scipy"]));
     let table = String::from_utf8(output.stdout).unwrap();
-    assert!(table.contains("lapjv ms") && table.contains("auction gap") && table.contains("knn d"), "{table}");
+    assert!(table.contains("lapjv ms") && table.contains("dev auction ms") && table.contains("auction ε gap") && table.contains("knn d"), "{table}");
     let rows: Vec<&str> = table.lines().filter(|l| l.split_whitespace().next().is_some_and(|w| w == "8" || w == "13")).collect();
     assert_eq!(rows.len(), 2, "{table}");
+    // The exact auction on fp16 costs reaches LAPJV's optimum on each.
+    assert!(rows.iter().all(|r| r.ends_with("yes")), "{table}");
 
     // A held-out matrix whose optimum is known: 1 on a hidden permutation, larger elsewhere.
     let dir = tempdir("bench-costs");
@@ -187,13 +190,20 @@ fn bench_assign_prints_a_table_and_solves_given_costs_exactly() {
     emulsion_assign::npy::write_costs(&path, &emulsion_assign::CostMatrix::new(n, costs)).unwrap();
     let output = ok(emulsion(&["bench", "assign", "--costs", path.to_str().unwrap(), "--repeats", "1"]));
     let table = String::from_utf8(output.stdout).unwrap();
-    let lapjv = table.lines().find(|l| l.starts_with("lapjv")).expect("a lapjv row");
-    assert_eq!(lapjv.split_whitespace().nth(1), Some("40"), "{table}");
-    // Integer costs and ε below 1/n: the auction is exact too.
+    // Each row: name (may hold spaces), total, ms.
+    let total = |table: &str, name: &str| -> String {
+        let row = table.lines().find(|l| l.starts_with(name)).unwrap_or_else(|| panic!("no `{name}` row in\n{table}"));
+        let words: Vec<&str> = row.split_whitespace().collect();
+        words[words.len() - 2].to_string()
+    };
+    assert_eq!(total(&table, "lapjv"), "40", "{table}");
+    assert_eq!(total(&table, "auction (device, exact)"), "40", "{table}");
+    // Integer costs and ε below 1/n: the ε auctions are exact too.
     let output = ok(emulsion(&["bench", "assign", "--costs", path.to_str().unwrap(), "--repeats", "1", "--epsilon", "0.02"]));
     let table = String::from_utf8(output.stdout).unwrap();
-    let auction = table.lines().find(|l| l.starts_with("auction ")).expect("an auction row");
-    assert_eq!(auction.split_whitespace().nth(1), Some("40"), "{table}");
+    for name in ["auction (cpu, ε)", "auction (device, ε)", "auction (device, exact)"] {
+        assert_eq!(total(&table, name), "40", "{name}: {table}");
+    }
     std::fs::write(&path, b"not numpy").unwrap();
     fails_with(emulsion(&["bench", "assign", "--costs", path.to_str().unwrap()]), &["costs.npy", "not a .npy file"]);
     std::fs::remove_dir_all(&dir).unwrap();

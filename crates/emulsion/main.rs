@@ -122,7 +122,10 @@ struct SampleArgs {
     /// Number of images.
     #[arg(long, default_value_t = 64)]
     n: usize,
-    /// Sampler steps (default: the run's sample.steps).
+    /// Sampler: ddim, ddpm, euler, heun or dpmpp_2m (default: the run's sample.sampler).
+    #[arg(long)]
+    sampler: Option<String>,
+    /// Noise levels (Heun evaluates the network 2·steps − 1 times; default: the run's sample.steps).
     #[arg(long)]
     steps: Option<usize>,
     /// DDIM η (default: the run's sample.eta).
@@ -174,6 +177,12 @@ fn parse_device(value: &str) -> Result<DeviceChoice> {
         .map_err(|e| anyhow::anyhow!("--device {value}: {}", e.message()))
 }
 
+fn parse_sampler(value: &str) -> Result<emulsion_train::config::SamplerKind> {
+    toml::Value::String(value.to_string())
+        .try_into()
+        .map_err(|e: toml::de::Error| anyhow::anyhow!("--sampler {value}: {}", e.message()))
+}
+
 fn train(args: TrainArgs) -> Result<()> {
     let mut config = Config::load(&args.config, &args.overrides)?;
     if let Some(device) = &args.device {
@@ -209,6 +218,7 @@ fn train(args: TrainArgs) -> Result<()> {
 fn sample(args: SampleArgs) -> Result<()> {
     let request = SampleRequest {
         n: args.n,
+        sampler: args.sampler.as_deref().map(parse_sampler).transpose()?,
         steps: args.steps,
         eta: args.eta,
         seed: args.seed,

@@ -349,6 +349,15 @@ pub enum SamplerKind {
     /// DDIM (Song et al. 2021) with configurable η.
     #[default]
     Ddim,
+    /// DDPM ancestral sampling (Ho et al. 2020).
+    Ddpm,
+    /// Euler on the probability-flow ODE.
+    Euler,
+    /// EDM's 2nd-order Heun sampler (Karras et al. 2022, Algorithm 1).
+    Heun,
+    /// DPM-Solver++(2M) (Lu et al. 2022).
+    #[serde(rename = "dpmpp_2m")]
+    Dpmpp2m,
 }
 
 /// A configuration error, located as precisely as possible.

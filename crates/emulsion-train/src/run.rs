@@ -27,7 +27,7 @@ use burn::train::{Learner, SupervisedTraining, TrainingStrategy};
 use emulsion_models::{Precond, UNetConfig};
 
 use crate::checkpoint::{self, Checkpoint, CheckpointError, CheckpointStore, MODEL, OPTIMIZER, SCHEDULER};
-use crate::config::{Config, SampleConfig};
+use crate::config::{Config, SampleConfig, SamplerKind};
 use crate::data::{self, DataOrder, StepLoader};
 use crate::grid::{grid_columns, save_grid};
 use crate::monitor::{truncate_journal, MonitorConfig, TrainingMonitor};
@@ -297,6 +297,7 @@ impl MetricLogger for QuietLogger {
 #[derive(Debug, Clone)]
 pub struct SampleRequest {
     pub n: usize,
+    pub sampler: Option<SamplerKind>,
     pub steps: Option<usize>,
     pub eta: Option<f64>,
     pub seed: Option<u64>,
@@ -331,6 +332,7 @@ pub fn sample<B: Backend>(path: &Path, request: &SampleRequest, device: &B::Devi
     let trainer: Trainer<B> = recipe.init::<B>(&unet, device).load_record(ckpt.load(MODEL, device)?);
     let defaults = &config.sample;
     let options = SampleConfig {
+        sampler: request.sampler.unwrap_or(defaults.sampler),
         steps: request.steps.unwrap_or(defaults.steps),
         eta: request.eta.unwrap_or(defaults.eta),
         seed: request.seed.unwrap_or(defaults.seed),

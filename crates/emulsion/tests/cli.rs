@@ -246,6 +246,12 @@ fn quickstart_data_trains_samples_and_fills_the_run_directory() {
     let img = image_dimensions(&grid);
     // 3 images of 28 px in a 2-column grid with 2 px borders: 2 * 30 + 2 wide, 2 rows.
     assert_eq!(img, (62, 62));
+    for sampler in ["ddpm", "euler", "heun", "dpmpp_2m"] {
+        std::fs::remove_file(&grid).unwrap();
+        ok(emulsion(&["sample", run.to_str().unwrap(), "--n", "2", "--steps", "2", "--sampler", sampler, "--out", grid.to_str().unwrap(), "--device", "cpu"]));
+        assert!(grid.is_file(), "{sampler}");
+    }
+    fails_with(emulsion(&["sample", run.to_str().unwrap(), "--sampler", "plms", "--device", "cpu"]), &["--sampler plms", "`heun`", "`dpmpp_2m`"]);
     fails_with(emulsion(&["sample", out.to_str().unwrap(), "--device", "cpu"]), &["no checkpoint"]);
 }
 

@@ -3,17 +3,26 @@
 //! with `x = x₀ + s ε` in the EDM (variance-exploding) coordinates every sampler uses.
 
 use burn::prelude::*;
-use serde::{Deserialize, Serialize};
 
 use crate::UNet;
 
-/// The preconditioning that turns a raw network into a denoiser.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "lowercase")]
+/// The preconditioning that turns a raw network into a denoiser: what the network predicts.
+/// All are written in EDM coordinates `x = x₀ + s ε`; the VP sample is `x_t = x / √(1 + s²)`.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
 pub enum Precond {
-    /// VP with ε-prediction: `c_skip = 1`, `c_out = -s`, `c_in = 1 / √(s² + 1)`.
+    /// VP, `F ≈ ε`: `D = x − s F`, `c_in = 1/√(s² + 1)`.
     #[default]
     Vp,
+    /// VP, `F ≈ v = α ε − σ x₀`: `D = x/(s² + 1) − s F/√(s² + 1)`, `c_in = 1/√(s² + 1)`.
+    VpV,
+    /// VP, `F ≈ x₀`: `D = F`, `c_in = 1/√(s² + 1)`.
+    VpX0,
+    /// EDM (Karras et al. 2022, Table 1): `c_skip = s_d²/(s² + s_d²)`,
+    /// `c_out = s s_d/√(s² + s_d²)`, `c_in = 1/√(s² + s_d²)`.
+    Edm { sigma_data: f64 },
+    /// Rectified flow, `F ≈ ε − x₀` at `x_t = (1 − t) x₀ + t ε`, `t = s/(1 + s)`:
+    /// `D = x_t − t F`, i.e. `c_skip = c_in = 1/(1 + s)`, `c_out = −s/(1 + s)`.
+    Flow,
 }
 
 /// The four coefficients of a preconditioning, one value per sample.
@@ -30,13 +39,29 @@ impl Precond {
     /// label `c_noise = ln(s) / 4`, so the network itself never depends on a schedule.
     pub fn scalings<B: Backend>(&self, sigma: Tensor<B, 1>) -> Scalings<B> {
         let c_noise = sigma.clone().log() / 4.0;
-        match self {
-            Precond::Vp => Scalings {
-                c_skip: sigma.ones_like(),
-                c_out: -sigma.clone(),
-                c_in: (sigma.powf_scalar(2.0) + 1.0).sqrt().recip(),
+        let vp_in = || (sigma.clone().powf_scalar(2.0) + 1.0).sqrt().recip();
+        match *self {
+            Precond::Vp => Scalings { c_skip: sigma.ones_like(), c_out: -sigma.clone(), c_in: vp_in(), c_noise },
+            Precond::VpV => Scalings {
+                c_skip: (sigma.clone().powf_scalar(2.0) + 1.0).recip(),
+                c_out: -sigma.clone() * vp_in(),
+                c_in: vp_in(),
                 c_noise,
             },
+            Precond::VpX0 => Scalings { c_skip: sigma.zeros_like(), c_out: sigma.ones_like(), c_in: vp_in(), c_noise },
+            Precond::Edm { sigma_data } => {
+                let total = sigma.clone().powf_scalar(2.0) + sigma_data * sigma_data;
+                Scalings {
+                    c_skip: total.clone().recip() * (sigma_data * sigma_data),
+                    c_out: sigma.clone() * sigma_data / total.clone().sqrt(),
+                    c_in: total.sqrt().recip(),
+                    c_noise,
+                }
+            }
+            Precond::Flow => {
+                let shrink = (sigma.clone() + 1.0).recip();
+                Scalings { c_skip: shrink.clone(), c_out: -sigma.clone() * shrink.clone(), c_in: shrink, c_noise }
+            }
         }
     }
 
@@ -84,6 +109,42 @@ pub fn per_sample<B: Backend>(values: Tensor<B, 1>) -> Tensor<B, 4> {
 mod tests {
     use super::*;
     use crate::TestBackend;
+
+    #[test]
+    fn every_preconditioning_matches_its_formula_and_recovers_x0_from_its_target() {
+        let sigmas = [0.002f64, 0.5, 1.0, 80.0];
+        let v = |t: Tensor<TestBackend, 1>| t.into_data().to_vec::<f32>().unwrap();
+        let sd = 0.5;
+        for precond in [Precond::Vp, Precond::VpV, Precond::VpX0, Precond::Edm { sigma_data: sd }, Precond::Flow] {
+            let s = precond.scalings(Tensor::<TestBackend, 1>::from_floats(sigmas.map(|x| x as f32), &Default::default()));
+            for (i, &sigma) in sigmas.iter().enumerate() {
+                let (alpha, sig) = (1.0 / (1.0 + sigma * sigma).sqrt(), sigma / (1.0 + sigma * sigma).sqrt());
+                let want = match precond {
+                    Precond::Vp => [1.0, -sigma, alpha],
+                    Precond::VpV => [alpha * alpha, -sig, alpha],
+                    Precond::VpX0 => [0.0, 1.0, alpha],
+                    Precond::Edm { .. } => [sd * sd / (sigma * sigma + sd * sd), sigma * sd / (sigma * sigma + sd * sd).sqrt(), 1.0 / (sigma * sigma + sd * sd).sqrt()],
+                    Precond::Flow => [1.0 / (1.0 + sigma), -sigma / (1.0 + sigma), 1.0 / (1.0 + sigma)],
+                };
+                let got = [v(s.c_skip.clone())[i] as f64, v(s.c_out.clone())[i] as f64, v(s.c_in.clone())[i] as f64];
+                for (g, w) in got.iter().zip(want) {
+                    assert!((g - w).abs() <= 1e-6 * w.abs().max(1.0), "{precond:?} at s = {sigma}: {got:?} vs {want:?}");
+                }
+                // Fed its exact target, the denoiser returns x₀: x₀ = 0.3, ε = −1.2.
+                let (x0, eps) = (0.3, -1.2);
+                let x = x0 + sigma * eps;
+                let target = match precond {
+                    Precond::Vp => eps,
+                    Precond::VpV => alpha * eps - sig * x0,
+                    Precond::VpX0 => x0,
+                    Precond::Edm { .. } => (x0 - want[0] * x) / want[1],
+                    Precond::Flow => eps - x0,
+                };
+                let d = got[0] * x + got[1] * target;
+                assert!((d - x0).abs() < 1e-4 * (1.0 + sigma), "{precond:?} at s = {sigma}: D = {d}");
+            }
+        }
+    }
 
     #[test]
     fn vp_scalings_match_table_1() {

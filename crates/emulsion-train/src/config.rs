@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 
 use emulsion_assign::AssignConfig;
 use emulsion_models::embedding::NoiseEmbedding;
+use crate::objective::VpTarget;
 use emulsion_schedule::{Cauchy, CosineBetas, Curve, Laplace, LinearBetas, LogNormal, Schedule, ScheduleKind, ScheduleParams};
 use serde::{Deserialize, Serialize};
 
@@ -166,6 +167,12 @@ impl Default for ModelConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct DiffusionConfig {
     pub objective: ObjectiveKind,
+    /// What a `vp` network predicts: `eps` (default), `v` or `x0`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub target: Option<VpTarget>,
+    /// EDM's data standard deviation `s_d` (default 0.5), for `edm`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sigma_data: Option<f64>,
     /// The log-SNR schedule training levels are drawn from; its parameters are in the table of
     /// the same name (`[diffusion.laplace]` …).
     pub schedule: ScheduleKind,
@@ -185,6 +192,8 @@ impl Default for DiffusionConfig {
     fn default() -> Self {
         Self {
             objective: ObjectiveKind::Vp,
+            target: None,
+            sigma_data: None,
             schedule: ScheduleKind::Cosine,
             shift: 1.0,
             lambda_min: -15.0,
@@ -223,6 +232,17 @@ impl DiffusionConfig {
         if !(self.shift.is_finite() && self.shift > 0.0) {
             return Err(("diffusion.shift".into(), format!("must be positive (1 is no shift), got {}", self.shift)));
         }
+        if self.target.is_some() && self.objective != ObjectiveKind::Vp {
+            return Err(("diffusion.target".into(), format!("chooses what a `vp` network predicts; `{}` has its own target", self.objective.name())));
+        }
+        if let Some(sd) = self.sigma_data {
+            if self.objective != ObjectiveKind::Edm {
+                return Err(("diffusion.sigma_data".into(), format!("is EDM's preconditioning constant; `{}` does not use it", self.objective.name())));
+            }
+            if !(sd.is_finite() && sd > 0.0) {
+                return Err(("diffusion.sigma_data".into(), format!("must be positive, got {sd}")));
+            }
+        }
         self.schedule_params().validate(self.schedule).map_err(|(key, message)| (format!("diffusion.{key}"), message))?;
         let schedule = Curve::new(self.schedule, &self.schedule_params());
         // `check` covers the range itself (finite and increasing) and whether the curve reaches it.
@@ -235,9 +255,23 @@ impl DiffusionConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum ObjectiveKind {
-    /// Variance-preserving diffusion with ε-prediction and MSE loss.
+    /// Variance-preserving diffusion, MSE on `diffusion.target` (ε by default).
     #[default]
     Vp,
+    /// EDM: preconditioned denoiser, weighted MSE (Karras et al. 2022).
+    Edm,
+    /// Rectified flow / flow matching: MSE on the velocity `ε − x₀`.
+    Flow,
+}
+
+impl ObjectiveKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            ObjectiveKind::Vp => "vp",
+            ObjectiveKind::Edm => "edm",
+            ObjectiveKind::Flow => "flow",
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

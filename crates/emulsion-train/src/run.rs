@@ -24,7 +24,7 @@ use crate::metrics::{AssignDistance, AssignMilliseconds, ScalarMetric};
 use burn::train::metric::store::{EpochSummary, MetricsUpdate, Split};
 use burn::train::metric::{LearningRateMetric, LossMetric, MetricDefinition, NumericEntry};
 use burn::train::{Learner, SupervisedTraining, TrainingStrategy};
-use emulsion_models::{Precond, UNetConfig};
+use emulsion_models::UNetConfig;
 
 use crate::checkpoint::{self, Checkpoint, CheckpointError, CheckpointStore, MODEL, OPTIMIZER, SCHEDULER};
 use crate::config::{Config, SampleConfig, SamplerKind};
@@ -145,6 +145,7 @@ where
 
     let recipe = Recipe::from_config(config);
     let schedule = recipe.objective.schedule().clone();
+    let recipe_precond = recipe.objective.precond();
     let model = recipe.init::<B>(&unet, device);
     let num_params = model.net.num_params();
     let t = &config.train;
@@ -220,7 +221,7 @@ where
         samples: SamplePlan {
             dir: run.samples(),
             options: config.sample.clone(),
-            precond: Precond::Vp,
+            precond: recipe_precond,
             schedule,
             shape: [images.channels, images.size],
         },
@@ -329,6 +330,7 @@ pub fn sample<B: Backend>(path: &Path, request: &SampleRequest, device: &B::Devi
     })?;
     let recipe = Recipe::from_config(&config);
     let schedule = recipe.objective.schedule().clone();
+    let precond = recipe.objective.precond();
     let trainer: Trainer<B> = recipe.init::<B>(&unet, device).load_record(ckpt.load(MODEL, device)?);
     let defaults = &config.sample;
     let options = SampleConfig {
@@ -341,7 +343,7 @@ pub fn sample<B: Backend>(path: &Path, request: &SampleRequest, device: &B::Devi
         n: request.n,
         ..defaults.clone()
     };
-    let images = sampling::generate(&trainer.ema, Precond::Vp, &schedule, &options, request.n, [unet.in_channels, unet.image_size], device);
+    let images = sampling::generate(&trainer.ema, precond, &schedule, &options, request.n, [unet.in_channels, unet.image_size], device);
     save_grid(images, grid_columns(request.n, unet.num_classes), &request.out)
         .map_err(|source| TrainError::Io { path: request.out.clone(), source })?;
     Ok(request.out.clone())

@@ -3,15 +3,19 @@
 //! levels from its schedule; the training step owns everything else (noise, assignment, label
 //! dropout, reduction), so new objectives plug in without touching the loop.
 
+pub mod edm;
+pub mod flow;
 pub mod vp;
 
 use burn::prelude::*;
-use emulsion_models::UNet;
+use emulsion_models::{Precond, UNet};
 use emulsion_schedule::Schedule;
 
 use crate::config::{Config, ObjectiveKind};
 
-pub use vp::VpEpsilon;
+pub use edm::Edm;
+pub use flow::Flow;
+pub use vp::{Vp, VpTarget};
 
 /// What an objective sees of a training batch.
 #[derive(Debug, Clone)]
@@ -27,7 +31,9 @@ pub struct ObjectiveInput<B: Backend> {
 /// The objectives, by configuration.
 #[derive(Debug, Clone)]
 pub enum Objective {
-    VpEpsilon(VpEpsilon),
+    Vp(Vp),
+    Edm(Edm),
+    Flow(Flow),
 }
 
 impl Objective {
@@ -35,24 +41,42 @@ impl Objective {
         let d = &config.diffusion;
         let schedule = d.schedule();
         match d.objective {
-            ObjectiveKind::Vp => Objective::VpEpsilon(VpEpsilon { schedule }),
+            ObjectiveKind::Vp => Objective::Vp(Vp { schedule, target: d.target.unwrap_or_default() }),
+            ObjectiveKind::Edm => Objective::Edm(Edm { schedule, sigma_data: d.sigma_data.unwrap_or(DEFAULT_SIGMA_DATA) }),
+            ObjectiveKind::Flow => Objective::Flow(Flow { schedule }),
         }
     }
 
     /// Unreduced per-sample losses, `[N]`.
     pub fn loss<B: Backend>(&self, net: &UNet<B>, input: ObjectiveInput<B>) -> Tensor<B, 1> {
         match self {
-            Objective::VpEpsilon(o) => o.loss(net, input),
+            Objective::Vp(o) => o.loss(net, input),
+            Objective::Edm(o) => o.loss(net, input),
+            Objective::Flow(o) => o.loss(net, input),
         }
     }
 
     /// The schedule whose noise levels the objective trains on (samplers follow it too).
     pub fn schedule(&self) -> &Schedule {
         match self {
-            Objective::VpEpsilon(o) => &o.schedule,
+            Objective::Vp(o) => &o.schedule,
+            Objective::Edm(o) => &o.schedule,
+            Objective::Flow(o) => &o.schedule,
+        }
+    }
+
+    /// How the trained network becomes a denoiser, for sampling.
+    pub fn precond(&self) -> Precond {
+        match self {
+            Objective::Vp(o) => o.precond(),
+            Objective::Edm(o) => o.precond(),
+            Objective::Flow(o) => o.precond(),
         }
     }
 }
+
+/// EDM's `s_d` for images scaled to [−1, 1].
+pub const DEFAULT_SIGMA_DATA: f64 = 0.5;
 
 /// The mean over all but the first dimension: `[N, C, H, W]` → `[N]`.
 pub(crate) fn mean_per_sample<B: Backend>(x: Tensor<B, 4>) -> Tensor<B, 1> {

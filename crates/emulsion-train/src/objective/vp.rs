@@ -1,28 +1,66 @@
-//! Variance-preserving diffusion with ε-prediction (Ho et al. 2020) in continuous time:
-//! `λ ~ p(λ)`, `x_t = α x₀ + σ ε`, `L = ‖ε̂(x_t, λ) − ε‖²`.
+//! Variance-preserving diffusion (Ho et al. 2020) in continuous time, with the three targets
+//! the improved-schedule paper compares: `λ ~ p(λ)`, `x_t = α x₀ + σ ε` (`α² = sigmoid(λ)`,
+//! `σ² = sigmoid(−λ)`), `L = ‖F(x_t, λ) − y‖²` with `y = ε`, `v = α ε − σ x₀` or `x₀`.
 
 use burn::prelude::*;
 use emulsion_models::precond::per_sample;
 use emulsion_models::{Precond, UNet};
 use emulsion_schedule::Schedule;
+use serde::{Deserialize, Serialize};
 
 use super::{mean_per_sample, ObjectiveInput};
 
-/// `L = ‖F(c_in x, c_noise) − ε‖²` with `x = x₀ + s ε`, `s = e^{−λ/2}`; under VP
-/// preconditioning `c_in x = α x₀ + σ ε` is exactly the VP sample `x_t`.
-#[derive(Debug, Clone)]
-pub struct VpEpsilon {
-    pub schedule: Schedule,
+/// What the VP network predicts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum VpTarget {
+    /// The noise `ε` (DDPM).
+    #[default]
+    Eps,
+    /// The velocity `v = α ε − σ x₀` (Salimans & Ho 2022).
+    V,
+    /// The clean image `x₀`.
+    X0,
 }
 
-impl VpEpsilon {
+/// `L = ‖F(c_in x, c_noise) − y‖²` with `x = x₀ + s ε`, `s = e^{−λ/2}`: under VP
+/// preconditioning `c_in x = α x₀ + σ ε` is exactly the VP sample `x_t`.
+#[derive(Debug, Clone)]
+pub struct Vp {
+    pub schedule: Schedule,
+    pub target: VpTarget,
+}
+
+impl Vp {
+    pub fn precond(&self) -> Precond {
+        match self.target {
+            VpTarget::Eps => Precond::Vp,
+            VpTarget::V => Precond::VpV,
+            VpTarget::X0 => Precond::VpX0,
+        }
+    }
+
     pub fn loss<B: Backend>(&self, net: &UNet<B>, input: ObjectiveInput<B>) -> Tensor<B, 1> {
+        let lambda = self.schedule.sample_lambda::<B>(input.x0.dims()[0], &input.x0.device());
+        self.loss_at(net, input, lambda)
+    }
+
+    /// The loss at given log-SNRs `lambda` `[N]`.
+    pub fn loss_at<B: Backend>(&self, net: &UNet<B>, input: ObjectiveInput<B>, lambda: Tensor<B, 1>) -> Tensor<B, 1> {
         let ObjectiveInput { x0, noise, labels } = input;
-        let lambda = self.schedule.sample_lambda::<B>(x0.dims()[0], &x0.device());
-        let sigma = (lambda * -0.5).exp();
-        let x = x0 + noise.clone() * per_sample(sigma.clone());
-        let (eps_hat, _) = Precond::Vp.raw_output(net, x, sigma, labels);
-        mean_per_sample((eps_hat - noise).powf_scalar(2.0))
+        let sigma = (lambda.clone() * -0.5).exp();
+        let x = x0.clone() + noise.clone() * per_sample(sigma.clone());
+        let (prediction, _) = self.precond().raw_output(net, x, sigma, labels);
+        let target = match self.target {
+            VpTarget::Eps => noise,
+            VpTarget::V => {
+                let alpha = per_sample(burn::tensor::activation::sigmoid(lambda.clone()).sqrt());
+                let sigma = per_sample(burn::tensor::activation::sigmoid(-lambda).sqrt());
+                noise * alpha - x0 * sigma
+            }
+            VpTarget::X0 => x0,
+        };
+        mean_per_sample((prediction - target).powf_scalar(2.0))
     }
 }
 
@@ -33,9 +71,9 @@ mod tests {
     use emulsion_models::UNetConfig;
 
     #[test]
-    fn loss_at_initialisation_is_the_noise_variance() {
+    fn loss_at_initialisation_is_the_targets_second_moment() {
         let _rng = crate::lock_backend_rng();
-        // The UNet's output layer starts at ~0, so ε̂ ≈ 0 and L ≈ E‖ε‖² / d = 1 per sample.
+        // The UNet's output layer starts at ~0, so F ≈ 0 and L ≈ ‖y‖² / d per sample.
         let device = Default::default();
         <TestBackend as Backend>::seed(&device, 1);
         let net = UNetConfig::new(8, 1)
@@ -44,13 +82,28 @@ mod tests {
             .with_num_blocks(1)
             .with_attn_resolutions(vec![])
             .init::<TestBackend>(&device);
-        let objective = VpEpsilon { schedule: Schedule::cosine(-10.0, 10.0) };
-        let x0 = Tensor::<TestBackend, 4>::random([64, 1, 8, 8], burn::tensor::Distribution::Uniform(-1.0, 1.0), &device);
-        let noise = Tensor::random([64, 1, 8, 8], burn::tensor::Distribution::Normal(0.0, 1.0), &device);
-        let losses = objective.loss(&net, ObjectiveInput { x0, noise: noise.clone(), labels: None });
-        assert_eq!(losses.dims(), [64]);
-        let mean = losses.mean().into_scalar() as f64;
-        let expected = noise.powf_scalar(2.0).mean().into_scalar() as f64;
-        assert!((mean - expected).abs() < 1e-3, "loss {mean} vs E[ε²] {expected}");
+        let x0 = Tensor::<TestBackend, 4>::random([16, 1, 8, 8], burn::tensor::Distribution::Uniform(-1.0, 1.0), &device);
+        let noise = Tensor::<TestBackend, 4>::random([16, 1, 8, 8], burn::tensor::Distribution::Normal(0.0, 1.0), &device);
+        let lambda = Tensor::<TestBackend, 1>::from_floats([-3.0, -1.0, 0.0, 0.5, 1.0, 2.0, 4.0, 6.0, -6.0, -0.5, 3.0, 1.5, -2.0, 0.25, 5.0, -4.0], &device);
+        let per_sample = |t: Tensor<TestBackend, 4>| -> Vec<f32> { t.powf_scalar(2.0).reshape([16, 64]).mean_dim(1).reshape([16]).into_data().to_vec().unwrap() };
+        let lambdas: Vec<f32> = lambda.clone().into_data().to_vec().unwrap();
+        for target in [VpTarget::Eps, VpTarget::V, VpTarget::X0] {
+            let objective = Vp { schedule: Schedule::cosine(-10.0, 10.0), target };
+            let input = ObjectiveInput { x0: x0.clone(), noise: noise.clone(), labels: None };
+            let got: Vec<f32> = objective.loss_at(&net, input, lambda.clone()).into_data().to_vec().unwrap();
+            let want: Vec<f32> = match target {
+                VpTarget::Eps => per_sample(noise.clone()),
+                VpTarget::X0 => per_sample(x0.clone()),
+                VpTarget::V => {
+                    let (a, s): (Vec<f32>, Vec<f32>) = lambdas.iter().map(|&l| ((1.0 / (1.0 + (-l).exp())).sqrt(), (1.0 / (1.0 + l.exp())).sqrt())).unzip();
+                    let a = Tensor::<TestBackend, 1>::from_floats(a.as_slice(), &device).reshape([16, 1, 1, 1]);
+                    let s = Tensor::<TestBackend, 1>::from_floats(s.as_slice(), &device).reshape([16, 1, 1, 1]);
+                    per_sample(noise.clone() * a - x0.clone() * s)
+                }
+            };
+            for (g, w) in got.iter().zip(&want) {
+                assert!((g - w).abs() < 2e-3 * w.max(0.1), "{target:?}: {g} vs {w}");
+            }
+        }
     }
 }

@@ -1,0 +1,72 @@
+//! EDM (Karras et al. 2022, eq. 2 and Table 1): `L = λ(s) ‖D(x₀ + s ε; s) − x₀‖²` with the
+//! loss weight `λ(s) = (s² + s_d²)/(s s_d)²`, which makes the effective target of `F` unit
+//! variance at every level. Noise levels come from the schedule (EDM's own: `lognormal`).
+
+use burn::prelude::*;
+use emulsion_models::precond::per_sample;
+use emulsion_models::{Precond, UNet};
+use emulsion_schedule::Schedule;
+
+use super::{mean_per_sample, ObjectiveInput};
+
+#[derive(Debug, Clone)]
+pub struct Edm {
+    pub schedule: Schedule,
+    /// The data's standard deviation `s_d` (0.5 for images in [−1, 1]).
+    pub sigma_data: f64,
+}
+
+impl Edm {
+    pub fn precond(&self) -> Precond {
+        Precond::Edm { sigma_data: self.sigma_data }
+    }
+
+    pub fn loss<B: Backend>(&self, net: &UNet<B>, input: ObjectiveInput<B>) -> Tensor<B, 1> {
+        let lambda = self.schedule.sample_lambda::<B>(input.x0.dims()[0], &input.x0.device());
+        self.loss_at(net, input, (lambda * -0.5).exp())
+    }
+
+    /// The loss at given noise levels `sigma` `[N]`.
+    pub fn loss_at<B: Backend>(&self, net: &UNet<B>, input: ObjectiveInput<B>, sigma: Tensor<B, 1>) -> Tensor<B, 1> {
+        let ObjectiveInput { x0, noise, labels } = input;
+        let sd2 = self.sigma_data * self.sigma_data;
+        let weight = (sigma.clone().powf_scalar(2.0) + sd2) / (sigma.clone().powf_scalar(2.0) * sd2);
+        let x = x0.clone() + noise * per_sample(sigma.clone());
+        let denoised = self.precond().denoise(net, x, sigma, labels);
+        mean_per_sample((denoised - x0).powf_scalar(2.0)) * weight
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::TestBackend;
+    use emulsion_models::UNetConfig;
+
+    #[test]
+    fn loss_at_initialisation_matches_the_hand_computation() {
+        let _rng = crate::lock_backend_rng();
+        // F ≈ 0 at initialisation, so D = c_skip x and D − x₀ = (c_skip − 1) x₀ + c_skip s ε.
+        let device = Default::default();
+        <TestBackend as Backend>::seed(&device, 2);
+        let net = UNetConfig::new(8, 1).with_model_channels(8).with_channel_mult(vec![1]).with_num_blocks(1).with_attn_resolutions(vec![]).init::<TestBackend>(&device);
+        let objective = Edm { schedule: Schedule::cosine(-10.0, 10.0), sigma_data: 0.5 };
+        let x0 = Tensor::<TestBackend, 4>::random([4, 1, 8, 8], burn::tensor::Distribution::Uniform(-1.0, 1.0), &device);
+        let noise = Tensor::<TestBackend, 4>::random([4, 1, 8, 8], burn::tensor::Distribution::Normal(0.0, 1.0), &device);
+        let sigmas = [0.02f32, 0.5, 2.0, 40.0];
+        let got: Vec<f32> = objective
+            .loss_at(&net, ObjectiveInput { x0: x0.clone(), noise: noise.clone(), labels: None }, Tensor::from_floats(sigmas, &device))
+            .into_data()
+            .to_vec()
+            .unwrap();
+        let x0v: Vec<f32> = x0.into_data().to_vec().unwrap();
+        let ev: Vec<f32> = noise.into_data().to_vec().unwrap();
+        for (i, &s) in sigmas.iter().enumerate() {
+            let (s, sd) = (s as f64, 0.5f64);
+            let c_skip = sd * sd / (s * s + sd * sd);
+            let weight = (s * s + sd * sd) / (s * sd).powi(2);
+            let want: f64 = (0..64).map(|k| ((c_skip - 1.0) * x0v[i * 64 + k] as f64 + c_skip * s * ev[i * 64 + k] as f64).powi(2)).sum::<f64>() / 64.0 * weight;
+            assert!((got[i] as f64 - want).abs() < 1e-3 * want, "s = {s}: {} vs {want}", got[i]);
+        }
+    }
+}

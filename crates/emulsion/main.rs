@@ -36,7 +36,7 @@ enum Command {
 
 #[derive(Subcommand)]
 enum BenchCommand {
-    /// Noise assignment: distance kernel, LAPJV, KNN, and scipy on the same matrices.
+    /// Noise assignment: distance kernel, LAPJV, CPU and device auctions, KNN, and scipy on the same matrices.
     Assign(BenchAssignArgs),
 }
 
@@ -66,7 +66,7 @@ struct BenchAssignArgs {
     /// Do not time scipy.
     #[arg(long)]
     no_scipy: bool,
-    /// Where the distance kernel and KNN run: auto, cpu, ndarray, wgpu or cuda.
+    /// Where the distance kernel, the device auctions and KNN run: auto, cpu, ndarray, wgpu or cuda.
     #[arg(long, default_value = "auto")]
     device: String,
     #[arg(long, default_value_t = 0)]
@@ -171,16 +171,15 @@ fn main() -> ExitCode {
     }
 }
 
-fn parse_device(value: &str) -> Result<DeviceChoice> {
-    toml::Value::String(value.to_string())
-        .try_into::<DeviceChoice>()
-        .map_err(|e| anyhow::anyhow!("--device {value}: {}", e.message()))
-}
-
-fn parse_sampler(value: &str) -> Result<emulsion_train::config::SamplerKind> {
+/// `value` of flag `--flag` as the config enum `T`; a bad value lists the valid ones.
+fn parse_flag<T: serde::de::DeserializeOwned>(flag: &str, value: &str) -> Result<T> {
     toml::Value::String(value.to_string())
         .try_into()
-        .map_err(|e: toml::de::Error| anyhow::anyhow!("--sampler {value}: {}", e.message()))
+        .map_err(|e: toml::de::Error| anyhow::anyhow!("--{flag} {value}: {}", e.message()))
+}
+
+fn parse_device(value: &str) -> Result<DeviceChoice> {
+    parse_flag("device", value)
 }
 
 fn train(args: TrainArgs) -> Result<()> {
@@ -218,7 +217,7 @@ fn train(args: TrainArgs) -> Result<()> {
 fn sample(args: SampleArgs) -> Result<()> {
     let request = SampleRequest {
         n: args.n,
-        sampler: args.sampler.as_deref().map(parse_sampler).transpose()?,
+        sampler: args.sampler.as_deref().map(|v| parse_flag("sampler", v)).transpose()?,
         steps: args.steps,
         eta: args.eta,
         seed: args.seed,

@@ -61,7 +61,6 @@ pub trait AssignBackend: Backend {
 
 /// The CPU auction on `n × n` row-major costs, with the device kernel's exact-mode scaling.
 pub fn solve_on_host(n: usize, costs: &[f32], mode: AuctionMode) -> Vec<usize> {
-    let matrix = CostMatrix::new(n, costs.iter().map(|&c| c as f64).collect());
     if n < 2 {
         return (0..n).collect();
     }
@@ -72,7 +71,7 @@ pub fn solve_on_host(n: usize, costs: &[f32], mode: AuctionMode) -> Vec<usize> {
             let shifted = CostMatrix::new(n, costs.iter().map(|&c| (c - lo) as f64).collect());
             auction_exact(&quantize_to_integers(&shifted, scale))
         }
-        AuctionMode::Approximate { epsilon } => auction(&matrix, epsilon as f64),
+        AuctionMode::Approximate { epsilon } => auction(&CostMatrix::new(n, costs.iter().map(|&c| c as f64).collect()), epsilon as f64),
     }
 }
 

@@ -13,7 +13,8 @@ use burn::tensor::ops::{FloatTensor, IntTensor};
 use burn::tensor::{DType, Shape};
 use burn_cubecl::kernel::{cast, into_contiguous};
 use burn_cubecl::ops::numeric::empty_device;
-use burn_cubecl::{BoolElement, CubeBackend, CubeRuntime, FloatElement, IntElement};
+use burn_cubecl::tensor::CubeTensor;
+use burn_cubecl::{BoolElement, CubeBackend, CubeElement, CubeRuntime, FloatElement, IntElement};
 use cubecl::prelude::*;
 
 use crate::backend::{AssignBackend, AuctionMode};
@@ -47,54 +48,41 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> AssignBack
     }
 
     fn auction(costs: FloatTensor<Self>, mode: AuctionMode) -> IntTensor<Self> {
-        let costs = into_contiguous(costs);
-        let (client, device) = (costs.client.clone(), costs.device.clone());
-        let n = costs.meta.shape()[0];
-        let units = AUCTION_UNITS.min(client.properties().hardware.max_units_per_cube).min(n.next_power_of_two().max(32) as u32);
-        let units = 1u32 << (31 - units.leading_zeros()); // a power of two, for the group reductions
-        let columns = empty_device::<R, i32>(client.clone(), device.clone(), Shape::new([n]));
-        let state = empty_device::<R, i32>(client.clone(), device.clone(), Shape::new([3 * n]));
-        let atomics = empty_device::<R, i32>(client.clone(), device.clone(), Shape::new([2 * n + 1]));
-        let max_rounds = 64 * (n as u32) + 4096;
-        match mode {
-            AuctionMode::Exact => {
-                let prices = empty_device::<R, i32>(client.clone(), device.clone(), Shape::new([2 * n]));
-                auction_kernel::launch::<F, i32, R>(
-                    &client,
-                    CubeCount::Static(1, 1, 1),
-                    CubeDim::new_1d(units),
-                    costs.into_tensor_arg(),
-                    prices.into_tensor_arg(),
-                    state.into_tensor_arg(),
-                    atomics.into_tensor_arg(),
-                    columns.clone().into_tensor_arg(),
-                    1.0f32,
-                    max_rounds,
-                    units as usize,
-                    true,
-                );
-            }
-            AuctionMode::Approximate { epsilon } => {
-                let prices = empty_device::<R, f32>(client.clone(), device.clone(), Shape::new([2 * n]));
-                auction_kernel::launch::<F, f32, R>(
-                    &client,
-                    CubeCount::Static(1, 1, 1),
-                    CubeDim::new_1d(units),
-                    costs.into_tensor_arg(),
-                    prices.into_tensor_arg(),
-                    state.into_tensor_arg(),
-                    atomics.into_tensor_arg(),
-                    columns.clone().into_tensor_arg(),
-                    epsilon,
-                    max_rounds,
-                    units as usize,
-                    false,
-                );
-            }
-        }
+        let columns = match mode {
+            AuctionMode::Exact => launch_auction::<R, F, i32>(costs, 1.0, true),
+            AuctionMode::Approximate { epsilon } => launch_auction::<R, F, f32>(costs, epsilon, false),
+        };
         let int_dtype: DType = I::dtype();
         if int_dtype == DType::I32 { columns } else { cast(columns, int_dtype) }
     }
+}
+
+/// Allocates the auction's scratch and launches it on one cube: prices of type `N` (i32 in
+/// exact mode, f32 otherwise). Returns each row's column, `[n]` i32.
+fn launch_auction<R: CubeRuntime, F: FloatElement, N: Numeric + CubeElement>(costs: CubeTensor<R>, epsilon_final: f32, exact: bool) -> CubeTensor<R> {
+    let costs = into_contiguous(costs);
+    let (client, device) = (costs.client.clone(), costs.device.clone());
+    let n = costs.meta.shape()[0];
+    let units = AUCTION_UNITS.min(client.properties().hardware.max_units_per_cube).min(n.next_power_of_two().max(32) as u32);
+    let units = 1u32 << (31 - units.leading_zeros()); // a power of two, for the group reductions
+    let scratch = |len: usize| empty_device::<R, i32>(client.clone(), device.clone(), Shape::new([len]));
+    let columns = scratch(n);
+    let max_rounds = 64 * (n as u32) + 4096;
+    auction_kernel::launch::<F, N, R>(
+        &client,
+        CubeCount::Static(1, 1, 1),
+        CubeDim::new_1d(units),
+        costs.into_tensor_arg(),
+        empty_device::<R, N>(client.clone(), device.clone(), Shape::new([2 * n])).into_tensor_arg(),
+        scratch(3 * n).into_tensor_arg(),
+        scratch(2 * n + 1).into_tensor_arg(),
+        columns.clone().into_tensor_arg(),
+        epsilon_final,
+        max_rounds,
+        units as usize,
+        exact,
+    );
+    columns
 }
 
 /// `C = max(‖x‖² + ‖e‖² − 2G, 0)`, then √ for L2, then rounded to the nearest fp16 value.

@@ -106,40 +106,35 @@ pub struct Assigned<B: Backend> {
 /// draws its own `B·k` candidates from the backend's generator.
 pub fn assign<B: AssignBackend>(x: Tensor<B, 2>, noise: Tensor<B, 2>, config: &AssignConfig) -> Assigned<B> {
     let started = Instant::now();
-    let [b, _] = x.dims();
-    let (noise, mean_distance) = match config.method {
-        Method::None => {
-            let distance = row_distance(x, noise.clone());
-            (noise, distance.mean())
-        }
-        Method::Knn => {
-            let (noise, distance) = knn_noise(x, config.k);
-            (noise, distance.mean())
-        }
-        Method::Lsa | Method::Auction if b < 2 => {
-            let distance = row_distance(x, noise.clone());
-            (noise, distance.mean())
-        }
-        Method::Lsa => {
-            let device = x.device();
-            let costs = cost_matrix(x.clone(), noise.clone(), config.metric, config.quantize);
-            let costs: Vec<f32> = costs.into_data().convert::<f32>().to_vec().expect("f32 costs");
-            let columns = lapjv(&CostMatrix::new(b, costs.into_iter().map(f64::from).collect()));
-            let index: Vec<i64> = columns.iter().map(|&j| j as i64).collect();
-            let index = Tensor::<B, 1, Int>::from_data(TensorData::new(index, [b]), &device);
-            let noise = noise.select(0, index);
-            let distance = row_distance(x, noise.clone());
-            (noise, distance.mean())
-        }
-        Method::Auction => {
-            let costs = cost_matrix(x.clone(), noise.clone(), config.metric, config.quantize);
-            let columns = B::auction(costs.into_primitive().tensor(), config.auction_mode());
-            let noise = noise.select(0, Tensor::<B, 1, Int>::from_primitive(columns));
-            let distance = row_distance(x, noise.clone());
-            (noise, distance.mean())
+    let (noise, distance) = match config.method {
+        Method::Knn => knn_noise(x, config.k),
+        _ => {
+            let noise = match permutation(&x, &noise, config) {
+                Some(columns) => noise.select(0, columns),
+                None => noise,
+            };
+            (noise.clone(), row_distance(x, noise))
         }
     };
+    let mean_distance = distance.mean();
     Assigned { noise, mean_distance, seconds: started.elapsed().as_secs_f64() }
+}
+
+/// The noise row of each image, `[B]`, for the methods that permute the batch's own noise
+/// (`None` for the others, and for a batch of one).
+fn permutation<B: AssignBackend>(x: &Tensor<B, 2>, noise: &Tensor<B, 2>, config: &AssignConfig) -> Option<Tensor<B, 1, Int>> {
+    let [b, _] = x.dims();
+    let costs = || cost_matrix(x.clone(), noise.clone(), config.metric, config.quantize);
+    match config.method {
+        Method::Lsa if b >= 2 => {
+            let costs: Vec<f32> = costs().into_data().convert::<f32>().to_vec().expect("f32 costs");
+            let columns = lapjv(&CostMatrix::new(b, costs.into_iter().map(f64::from).collect()));
+            let index: Vec<i64> = columns.iter().map(|&j| j as i64).collect();
+            Some(Tensor::from_data(TensorData::new(index, [b]), &x.device()))
+        }
+        Method::Auction if b >= 2 => Some(Tensor::from_primitive(B::auction(costs().into_primitive().tensor(), config.auction_mode()))),
+        _ => None,
+    }
 }
 
 /// `‖x_i − e_i‖` for each row, `[B]`.

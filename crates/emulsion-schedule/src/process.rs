@@ -3,6 +3,7 @@
 //! `x = x_t / α = x₀ + s ε` with `s = σ / α = e^{-λ/2}`, so one model and one set of samplers
 //! serve them all.
 
+use burn::tensor::{backend::Backend, Tensor};
 use serde::{Deserialize, Serialize};
 
 /// How a log-SNR becomes the coefficients of `x_t = α x₀ + σ ε`.
@@ -32,6 +33,11 @@ impl Process {
 /// The EDM noise level `s = e^{-λ/2}` of a log-SNR.
 pub fn edm_sigma(lambda: f64) -> f64 {
     (-lambda / 2.0).exp()
+}
+
+/// [`edm_sigma`] element-wise on the device.
+pub fn edm_sigma_tensor<B: Backend>(lambda: Tensor<B, 1>) -> Tensor<B, 1> {
+    (lambda * -0.5).exp()
 }
 
 /// The log-SNR `λ = -2 ln s` of an EDM noise level.

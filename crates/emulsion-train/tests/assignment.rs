@@ -4,39 +4,29 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use burn::backend::{Autodiff, NdArray};
 use emulsion_train::monitor::{read_journal, MetricsLine};
-use emulsion_train::{Config, Resume, TrainOptions};
+use emulsion_train::{Resume, TrainOptions};
 
 type B = Autodiff<NdArray<f32>>;
 
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
 fn train(out: &Path, method: &str, extra: &[&str]) -> Vec<MetricsLine> {
-    let mut overrides: Vec<String> = vec![
-        format!("run.out_dir={:?}", out.display().to_string()),
-        format!("run.name={method}"),
-        format!("data.path={:?}", repo().join("datasets/fashion-mnist").display().to_string()),
-        "data.limit=64".into(),
-        "model.channels=8".into(),
-        "model.channel_mult=[1, 2]".into(),
-        "model.attn_resolutions=[]".into(),
-        format!("assignment.method={method}"),
-        "train.batch_size=16".into(),
-        "train.micro_batch=8".into(),
-        "train.steps=3".into(),
-        "train.checkpoint_every=3".into(),
-        "train.sample_every=0".into(),
-        "train.log_every=1".into(),
-        "sample.n=2".into(),
-        "sample.steps=2".into(),
-    ];
+    let mut overrides: Vec<String> = [
+        "data.limit=64",
+        "model.channel_mult=[1, 2]",
+        "train.batch_size=16",
+        "train.micro_batch=8",
+        "train.steps=3",
+        "train.checkpoint_every=3",
+        "sample.steps=2",
+    ]
+    .map(String::from)
+    .into();
+    overrides.push(format!("assignment.method={method}"));
     overrides.extend(extra.iter().map(|s| s.to_string()));
-    let config = Config::load(&repo().join("configs/quickstart.toml"), &overrides).unwrap();
+    let config = common::quickstart_config(out, method, &overrides);
     let options = TrainOptions { resume: Resume::No, overwrite: true };
     emulsion_train::train::<B>(&config, &Default::default(), &options).unwrap();
     read_journal(&config.run_dir().join("metrics.jsonl")).unwrap()

@@ -3,17 +3,11 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-
 use burn::backend::{Autodiff, NdArray};
 use emulsion_train::monitor::read_journal;
 use emulsion_train::{Config, Resume, SampleRequest, TrainOptions};
 
 type B = Autodiff<NdArray<f32>>;
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
 
 #[test]
 fn every_objective_trains_and_samples() {
@@ -27,24 +21,12 @@ fn every_objective_trains_and_samples() {
         ("flow-dpm", &["diffusion.objective=flow", "sample.sampler=dpmpp_2m", "assignment.method=knn"]),
     ];
     for (name, extra) in cases {
-        let mut overrides: Vec<String> = vec![
-            format!("run.out_dir={:?}", out.display().to_string()),
-            format!("run.name={name}"),
-            format!("data.path={:?}", repo().join("datasets/fashion-mnist").display().to_string()),
-            "data.limit=32".into(),
-            "model.channels=8".into(),
-            "model.channel_mult=[1]".into(),
-            "model.attn_resolutions=[]".into(),
-            "train.batch_size=8".into(),
-            "train.steps=2".into(),
-            "train.checkpoint_every=2".into(),
-            "train.sample_every=0".into(),
-            "train.log_every=1".into(),
-            "sample.n=2".into(),
-            "sample.steps=3".into(),
-        ];
+        let mut overrides: Vec<String> =
+            ["data.limit=32", "model.channel_mult=[1]", "train.batch_size=8", "train.steps=2", "train.checkpoint_every=2", "sample.steps=3"]
+                .map(String::from)
+                .into();
         overrides.extend(extra.iter().map(|s| s.to_string()));
-        let config = Config::load(&repo().join("configs/quickstart.toml"), &overrides).unwrap();
+        let config = common::quickstart_config(&out, name, &overrides);
         emulsion_train::train::<B>(&config, &Default::default(), &TrainOptions { resume: Resume::No, overwrite: true }).unwrap();
         let journal = read_journal(&config.run_dir().join("metrics.jsonl")).unwrap();
         assert_eq!(journal.len(), 2, "{name}");
@@ -57,7 +39,7 @@ fn every_objective_trains_and_samples() {
     // Options that belong to another objective are errors that say why.
     for (set, key) in [("diffusion.target=v", "diffusion.target"), ("diffusion.sigma_data=0.5", "diffusion.sigma_data")] {
         let overrides = ["diffusion.objective=flow".to_string(), set.to_string()];
-        let e = Config::load(&repo().join("configs/quickstart.toml"), &overrides).unwrap_err().to_string();
+        let e = Config::load(&common::repo().join("configs/quickstart.toml"), &overrides).unwrap_err().to_string();
         assert!(e.contains(&format!("`{key}`")) && e.contains("flow"), "{e}");
     }
     std::fs::remove_dir_all(&out).unwrap();

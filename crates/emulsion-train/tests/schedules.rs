@@ -3,7 +3,7 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use burn::backend::{Autodiff, NdArray};
 use emulsion_schedule::ScheduleKind;
@@ -13,37 +13,25 @@ use emulsion_train::{Config, Resume, TrainOptions};
 
 type B = Autodiff<NdArray<f32>>;
 
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
 #[test]
 fn every_schedule_trains_on_the_quickstart_data() {
     let out = common::tempdir("schedules");
     let mut weights = Vec::new();
     for kind in ScheduleKind::ALL {
         let overrides: Vec<String> = [
-            format!("run.out_dir={:?}", out.display().to_string()),
-            format!("run.name={kind}"),
-            format!("data.path={:?}", repo().join("datasets/fashion-mnist").display().to_string()),
             "data.limit=16".into(),
-            "model.channels=8".into(),
             "model.channel_mult=[1, 2]".into(),
-            "model.attn_resolutions=[]".into(),
             format!("diffusion.schedule={kind}"),
             "diffusion.shift=1.5".into(),
             "train.batch_size=4".into(),
             "train.steps=2".into(),
             "train.warmup_steps=0".into(),
             "train.checkpoint_every=2".into(),
-            "train.sample_every=0".into(),
-            "train.log_every=1".into(),
-            "sample.n=2".into(),
             "sample.steps=3".into(),
             "sample.spacing=schedule".into(),
         ]
         .into();
-        let config = Config::load(&repo().join("configs/quickstart.toml"), &overrides).unwrap();
+        let config = common::quickstart_config(&out, &kind.to_string(), &overrides);
         assert_eq!(Recipe::from_config(&config).objective.schedule().kind(), kind);
         let options = TrainOptions { resume: Resume::No, overwrite: true };
         let report = emulsion_train::train::<B>(&config, &Default::default(), &options).unwrap();

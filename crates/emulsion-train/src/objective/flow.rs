@@ -5,6 +5,7 @@
 use burn::prelude::*;
 use emulsion_models::precond::per_sample;
 use emulsion_models::{Precond, UNet};
+use emulsion_schedule::process::edm_sigma_tensor;
 use emulsion_schedule::Schedule;
 
 use super::{mean_per_sample, ObjectiveInput};
@@ -21,7 +22,7 @@ impl Flow {
 
     pub fn loss<B: Backend>(&self, net: &UNet<B>, input: ObjectiveInput<B>) -> Tensor<B, 1> {
         let lambda = self.schedule.sample_lambda::<B>(input.x0.dims()[0], &input.x0.device());
-        self.loss_at(net, input, (lambda * -0.5).exp())
+        self.loss_at(net, input, edm_sigma_tensor(lambda))
     }
 
     /// The loss at given noise levels `sigma` `[N]` (`t = s/(1 + s)`).
@@ -37,17 +38,12 @@ impl Flow {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::TestBackend;
-    use emulsion_models::UNetConfig;
 
     #[test]
     fn loss_at_initialisation_is_the_velocitys_second_moment() {
         let _rng = crate::lock_backend_rng();
-        let device = Default::default();
-        <TestBackend as Backend>::seed(&device, 3);
-        let net = UNetConfig::new(8, 1).with_model_channels(8).with_channel_mult(vec![1]).with_num_blocks(1).with_attn_resolutions(vec![]).init::<TestBackend>(&device);
-        let x0 = Tensor::<TestBackend, 4>::random([3, 1, 8, 8], burn::tensor::Distribution::Uniform(-1.0, 1.0), &device);
-        let noise = Tensor::<TestBackend, 4>::random([3, 1, 8, 8], burn::tensor::Distribution::Normal(0.0, 1.0), &device);
+        let (net, x0, noise) = crate::objective::tests::untrained_case(3, 3);
+        let device = x0.device();
         let got: Vec<f32> = Flow { schedule: Schedule::cosine(-10.0, 10.0) }
             .loss_at(&net, ObjectiveInput { x0: x0.clone(), noise: noise.clone(), labels: None }, Tensor::from_floats([0.1, 1.0, 10.0], &device))
             .into_data()

@@ -83,3 +83,27 @@ pub(crate) fn mean_per_sample<B: Backend>(x: Tensor<B, 4>) -> Tensor<B, 1> {
     let n = x.dims()[0];
     x.reshape([n as i32, -1]).mean_dim(1).squeeze_dim(1)
 }
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::TestBackend;
+    use burn::tensor::Distribution;
+    use emulsion_models::UNetConfig;
+
+    /// A one-channel 8×8 UNet, drawn after seeding the backend with `seed` (its output layer
+    /// starts at ~0, so `F ≈ 0`), and `n` images in [−1, 1] with their standard normal noise.
+    pub(crate) fn untrained_case(seed: u64, n: usize) -> (UNet<TestBackend>, Tensor<TestBackend, 4>, Tensor<TestBackend, 4>) {
+        let device = Default::default();
+        <TestBackend as Backend>::seed(&device, seed);
+        let net = UNetConfig::new(8, 1)
+            .with_model_channels(8)
+            .with_channel_mult(vec![1])
+            .with_num_blocks(1)
+            .with_attn_resolutions(vec![])
+            .init::<TestBackend>(&device);
+        let x0 = Tensor::random([n, 1, 8, 8], Distribution::Uniform(-1.0, 1.0), &device);
+        let noise = Tensor::random([n, 1, 8, 8], Distribution::Normal(0.0, 1.0), &device);
+        (net, x0, noise)
+    }
+}

@@ -5,6 +5,7 @@
 use burn::prelude::*;
 use emulsion_models::precond::per_sample;
 use emulsion_models::{Precond, UNet};
+use emulsion_schedule::process::edm_sigma_tensor;
 use emulsion_schedule::Schedule;
 use serde::{Deserialize, Serialize};
 
@@ -48,7 +49,7 @@ impl Vp {
     /// The loss at given log-SNRs `lambda` `[N]`.
     pub fn loss_at<B: Backend>(&self, net: &UNet<B>, input: ObjectiveInput<B>, lambda: Tensor<B, 1>) -> Tensor<B, 1> {
         let ObjectiveInput { x0, noise, labels } = input;
-        let sigma = (lambda.clone() * -0.5).exp();
+        let sigma = edm_sigma_tensor(lambda.clone());
         let x = x0.clone() + noise.clone() * per_sample(sigma.clone());
         let (prediction, _) = self.precond().raw_output(net, x, sigma, labels);
         let target = match self.target {
@@ -68,22 +69,13 @@ impl Vp {
 mod tests {
     use super::*;
     use crate::TestBackend;
-    use emulsion_models::UNetConfig;
 
     #[test]
     fn loss_at_initialisation_is_the_targets_second_moment() {
         let _rng = crate::lock_backend_rng();
         // The UNet's output layer starts at ~0, so F ≈ 0 and L ≈ ‖y‖² / d per sample.
-        let device = Default::default();
-        <TestBackend as Backend>::seed(&device, 1);
-        let net = UNetConfig::new(8, 1)
-            .with_model_channels(8)
-            .with_channel_mult(vec![1])
-            .with_num_blocks(1)
-            .with_attn_resolutions(vec![])
-            .init::<TestBackend>(&device);
-        let x0 = Tensor::<TestBackend, 4>::random([16, 1, 8, 8], burn::tensor::Distribution::Uniform(-1.0, 1.0), &device);
-        let noise = Tensor::<TestBackend, 4>::random([16, 1, 8, 8], burn::tensor::Distribution::Normal(0.0, 1.0), &device);
+        let (net, x0, noise) = crate::objective::tests::untrained_case(1, 16);
+        let device = x0.device();
         let lambda = Tensor::<TestBackend, 1>::from_floats([-3.0, -1.0, 0.0, 0.5, 1.0, 2.0, 4.0, 6.0, -6.0, -0.5, 3.0, 1.5, -2.0, 0.25, 5.0, -4.0], &device);
         let per_sample = |t: Tensor<TestBackend, 4>| -> Vec<f32> { t.powf_scalar(2.0).reshape([16, 64]).mean_dim(1).reshape([16]).into_data().to_vec().unwrap() };
         let lambdas: Vec<f32> = lambda.clone().into_data().to_vec().unwrap();

@@ -46,26 +46,12 @@ pub fn ancestral_step(s: f64, s_next: f64, eta: f64) -> (f64, f64) {
 mod tests {
     use super::*;
     use crate::config::Spacing;
-    use crate::sampling::{sigmas, tests::GaussianDenoiser};
-    use crate::TestBackend;
-    use burn::tensor::Distribution;
-    use emulsion_schedule::Schedule;
+    use crate::sampling::tests::{self as shared, GaussianDenoiser, MU, S};
 
-    /// Mean and variance of samples drawn from `N(mu, s²)` data by DDIM with `steps` steps.
+    /// Mean and variance errors of samples drawn from `N(MU, S²)` data by DDIM with `steps` steps.
     fn moments(eta: f64, steps: usize) -> (f64, f64) {
-        let device = Default::default();
-        <TestBackend as Backend>::seed(&device, 3);
-        let (mu, s) = (0.3, 0.5);
-        let sigmas = sigmas(&Schedule::cosine(-12.0, 12.0), Spacing::Schedule, 7.0, steps);
-        let x = Tensor::<TestBackend, 4>::random([4096, 1, 2, 2], Distribution::Normal(0.0, 1.0), &device)
-            * (s * s + sigmas[0] * sigmas[0]).sqrt()
-            + mu;
-        let shape = x.shape();
-        let mut noise = || Tensor::random(shape.clone(), Distribution::Normal(0.0, 1.0), &device);
-        let out = sample_ddim(&GaussianDenoiser { mu, s }, x, &sigmas, eta, &mut noise);
-        let mean = out.clone().mean().into_scalar() as f64;
-        let var = (out - mean).powf_scalar(2.0).mean().into_scalar() as f64;
-        (mean - mu, var / (s * s) - 1.0)
+        let d = GaussianDenoiser { mu: MU, s: S };
+        shared::moments(steps, Spacing::Schedule, |x, sigmas, noise| sample_ddim(&d, x, sigmas, eta, noise))
     }
 
     #[test]

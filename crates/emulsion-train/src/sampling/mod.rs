@@ -144,12 +144,12 @@ pub(crate) mod tests {
         }
     }
 
-    const MU: f64 = 0.3;
-    const S: f64 = 0.5;
+    pub(crate) const MU: f64 = 0.3;
+    pub(crate) const S: f64 = 0.5;
 
     /// Errors of the sample mean and of the variance ratio for `N(MU, S²)` data, from the same
     /// starting noise and noise stream for every sampler.
-    fn moments(steps: usize, spacing: Spacing, sample: impl Fn(Tensor<crate::TestBackend, 4>, &[f64], &mut dyn FnMut() -> Tensor<crate::TestBackend, 4>) -> Tensor<crate::TestBackend, 4>) -> (f64, f64) {
+    pub(crate) fn moments(steps: usize, spacing: Spacing, sample: impl Fn(Tensor<crate::TestBackend, 4>, &[f64], &mut dyn FnMut() -> Tensor<crate::TestBackend, 4>) -> Tensor<crate::TestBackend, 4>) -> (f64, f64) {
         let device = Default::default();
         <crate::TestBackend as Backend>::seed(&device, 3);
         let sigmas = sigmas(&Schedule::cosine(-12.0, 12.0), spacing, 7.0, steps);

@@ -7,6 +7,29 @@ use std::path::{Path, PathBuf};
 use burn::module::{Module, ModuleVisitor, Param};
 use burn::prelude::*;
 
+/// The repository root.
+pub fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// `configs/quickstart.toml` on the shipped data as run `name` under `out`, with an 8-channel
+/// model without attention, a journal line per step, no periodic samples and 2-image grids;
+/// then `extra` on top (batch, steps, sizes and what the test is about).
+pub fn quickstart_config(out: &Path, name: &str, extra: &[String]) -> emulsion_train::Config {
+    let mut overrides = vec![
+        format!("run.out_dir={:?}", out.display().to_string()),
+        format!("run.name={name}"),
+        format!("data.path={:?}", repo().join("datasets/fashion-mnist").display().to_string()),
+        "model.channels=8".into(),
+        "model.attn_resolutions=[]".into(),
+        "train.sample_every=0".into(),
+        "train.log_every=1".into(),
+        "sample.n=2".into(),
+    ];
+    overrides.extend_from_slice(extra);
+    emulsion_train::Config::load(&repo().join("configs/quickstart.toml"), &overrides).unwrap()
+}
+
 /// A fresh empty folder under the system temp dir.
 pub fn tempdir(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("emulsion-test-{name}-{}", std::process::id()));

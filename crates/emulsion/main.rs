@@ -122,7 +122,7 @@ struct SampleArgs {
     /// Number of images.
     #[arg(long, default_value_t = 64)]
     n: usize,
-    /// Sampler: ddim, ddpm, euler, heun or dpmpp_2m (default: the run's sample.sampler).
+    /// Sampler: ddim, ddpm, euler, heun, dpmpp_2m, or consistency for a consistency model (default: the run's sample.sampler).
     #[arg(long)]
     sampler: Option<String>,
     /// Noise levels (Heun evaluates the network 2·steps − 1 times; default: the run's sample.steps).

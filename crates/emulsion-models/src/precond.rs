@@ -4,7 +4,8 @@
 
 use burn::prelude::*;
 
-use crate::UNet;
+use crate::fdm::{FdmBase, FdmScale};
+use crate::Network;
 
 /// The preconditioning that turns a raw network into a denoiser: what the network predicts.
 /// All are written in EDM coordinates `x = x₀ + s ε`; the VP sample is `x_t = x / √(1 + s²)`.
@@ -23,6 +24,14 @@ pub enum Precond {
     /// Rectified flow, `F ≈ ε − x₀` at `x_t = (1 − t) x₀ + t ε`, `t = s/(1 + s)`:
     /// `D = x_t − t F`, i.e. `c_skip = c_in = 1/(1 + s)`, `c_out = −s/(1 + s)`.
     Flow,
+    /// VE, `F ≈ −ε`: `D = x + s F`, `c_in = 1` (FDM's VE base).
+    Ve,
+    /// FDM (Wu et al. 2023): the base's `c_skip`, `c_out`, with `c_in = e^{−mB}(1 + mB)`.
+    Fdm { base: FdmBase, scale: FdmScale },
+    /// Consistency model (Song et al. 2023), `f(x, s_min) = x` exactly:
+    /// `c_skip = s_d²/((s − s_min)² + s_d²)`, `c_out = (s − s_min) s_d/√(s² + s_d²)`,
+    /// `c_in = 1/√(s² + s_d²)`.
+    Consistency { sigma_data: f64, sigma_min: f64 },
 }
 
 /// The four coefficients of a preconditioning, one value per sample.
@@ -62,6 +71,18 @@ impl Precond {
                 let shrink = (sigma.clone() + 1.0).recip();
                 Scalings { c_skip: shrink.clone(), c_out: -sigma.clone() * shrink.clone(), c_in: shrink, c_noise }
             }
+            Precond::Ve => Scalings { c_skip: sigma.ones_like(), c_out: sigma.clone(), c_in: sigma.ones_like(), c_noise },
+            Precond::Fdm { base, scale } => Scalings { c_in: scale.scale_tensor(sigma.clone()), ..base.precond().scalings(sigma) },
+            Precond::Consistency { sigma_data, sigma_min } => {
+                let sd2 = sigma_data * sigma_data;
+                let above_min = sigma.clone() - sigma_min;
+                let edm = Precond::Edm { sigma_data }.scalings(sigma);
+                Scalings {
+                    c_skip: (above_min.clone().powf_scalar(2.0) + sd2).recip() * sd2,
+                    c_out: above_min * edm.c_in.clone() * sigma_data,
+                    ..edm
+                }
+            }
         }
     }
 
@@ -69,9 +90,9 @@ impl Precond {
     ///
     /// # Shapes
     /// - `x`: `[N, C, H, W]`, `sigma`: `[N]`, `labels`: `[N]`
-    pub fn raw_output<B: Backend>(
+    pub fn raw_output<B: Backend, N: Network<B>>(
         &self,
-        net: &UNet<B>,
+        net: &N,
         x: Tensor<B, 4>,
         sigma: Tensor<B, 1>,
         labels: Option<Tensor<B, 1, Int>>,
@@ -82,9 +103,9 @@ impl Precond {
     }
 
     /// `D(x; s) = c_skip x + c_out F(c_in x, c_noise)`.
-    pub fn denoise<B: Backend>(
+    pub fn denoise<B: Backend, N: Network<B>>(
         &self,
-        net: &UNet<B>,
+        net: &N,
         x: Tensor<B, 4>,
         sigma: Tensor<B, 1>,
         labels: Option<Tensor<B, 1, Int>>,
@@ -115,7 +136,20 @@ mod tests {
         let sigmas = [0.002f64, 0.5, 1.0, 80.0];
         let v = |t: Tensor<TestBackend, 1>| t.into_data().to_vec::<f32>().unwrap();
         let sd = 0.5;
-        for precond in [Precond::Vp, Precond::VpV, Precond::VpX0, Precond::Edm { sigma_data: sd }, Precond::Flow] {
+        let fdm = FdmScale::default();
+        let cm_min = 0.001;
+        for precond in [
+            Precond::Vp,
+            Precond::VpV,
+            Precond::VpX0,
+            Precond::Edm { sigma_data: sd },
+            Precond::Flow,
+            Precond::Ve,
+            Precond::Fdm { base: FdmBase::Edm { sigma_data: sd }, scale: fdm },
+            Precond::Fdm { base: FdmBase::Vp, scale: fdm },
+            Precond::Fdm { base: FdmBase::Ve, scale: FdmScale { multiplier: 1.0, ..fdm } },
+            Precond::Consistency { sigma_data: sd, sigma_min: cm_min },
+        ] {
             let s = precond.scalings(Tensor::<TestBackend, 1>::from_floats(sigmas.map(|x| x as f32), &Default::default()));
             for (i, &sigma) in sigmas.iter().enumerate() {
                 let (alpha, sig) = (1.0 / (1.0 + sigma * sigma).sqrt(), sigma / (1.0 + sigma * sigma).sqrt());
@@ -125,10 +159,19 @@ mod tests {
                     Precond::VpX0 => [0.0, 1.0, alpha],
                     Precond::Edm { .. } => [sd * sd / (sigma * sigma + sd * sd), sigma * sd / (sigma * sigma + sd * sd).sqrt(), 1.0 / (sigma * sigma + sd * sd).sqrt()],
                     Precond::Flow => [1.0 / (1.0 + sigma), -sigma / (1.0 + sigma), 1.0 / (1.0 + sigma)],
+                    Precond::Ve => [1.0, sigma, 1.0],
+                    // sail-sg/FDM: the base's c_skip and c_out, c_in = e^{-mB}(1 + mB).
+                    Precond::Fdm { base: FdmBase::Edm { .. }, scale } => [sd * sd / (sigma * sigma + sd * sd), sigma * sd / (sigma * sigma + sd * sd).sqrt(), scale.scale(sigma)],
+                    Precond::Fdm { base: FdmBase::Vp, scale } => [1.0, -sigma, scale.scale(sigma)],
+                    Precond::Fdm { base: FdmBase::Ve, scale } => [1.0, sigma, scale.scale(sigma)],
+                    Precond::Consistency { .. } => {
+                        let above = sigma - cm_min;
+                        [sd * sd / (above * above + sd * sd), above * sd / (sigma * sigma + sd * sd).sqrt(), 1.0 / (sigma * sigma + sd * sd).sqrt()]
+                    }
                 };
                 let got = [v(s.c_skip.clone())[i] as f64, v(s.c_out.clone())[i] as f64, v(s.c_in.clone())[i] as f64];
                 for (g, w) in got.iter().zip(want) {
-                    assert!((g - w).abs() <= 1e-6 * w.abs().max(1.0), "{precond:?} at s = {sigma}: {got:?} vs {want:?}");
+                    assert!((g - w).abs() <= 2e-6 * w.abs().max(1.0), "{precond:?} at s = {sigma}: {got:?} vs {want:?}");
                 }
                 // Fed its exact target, the denoiser returns x₀: x₀ = 0.3, ε = −1.2.
                 let (x0, eps) = (0.3, -1.2);
@@ -137,13 +180,33 @@ mod tests {
                     Precond::Vp => eps,
                     Precond::VpV => alpha * eps - sig * x0,
                     Precond::VpX0 => x0,
-                    Precond::Edm { .. } => (x0 - want[0] * x) / want[1],
+                    Precond::Edm { .. } | Precond::Fdm { base: FdmBase::Edm { .. }, .. } | Precond::Consistency { .. } => (x0 - want[0] * x) / want[1],
                     Precond::Flow => eps - x0,
+                    Precond::Fdm { base: FdmBase::Vp, .. } => eps,
+                    Precond::Ve | Precond::Fdm { base: FdmBase::Ve, .. } => -eps,
                 };
                 let d = got[0] * x + got[1] * target;
                 assert!((d - x0).abs() < 1e-4 * (1.0 + sigma), "{precond:?} at s = {sigma}: D = {d}");
             }
         }
+    }
+
+    #[test]
+    fn consistency_model_is_the_identity_at_sigma_min_exactly() {
+        use crate::MlpConfig;
+        use burn::tensor::Distribution;
+        let device = Default::default();
+        // The MLP's output is far from 0 at initialisation, so c_out F does not vanish by itself.
+        let net = MlpConfig::new(2).init::<TestBackend>(&device);
+        let x = Tensor::<TestBackend, 4>::random([3, 2, 1, 1], Distribution::Normal(0.0, 3.0), &device);
+        let precond = Precond::Consistency { sigma_data: 0.5, sigma_min: 0.002 };
+        let at = |sigma: f64| {
+            let d = precond.denoise(&net, x.clone(), Tensor::full([3], sigma, &device), None);
+            (d - x.clone()).abs().max().into_scalar()
+        };
+        assert_eq!(at(0.002), 0.0, "f(x, s_min) = x bit for bit");
+        // Just above s_min the network's output is already mixed in, so the check can fail.
+        assert!(at(0.5) > 0.0);
     }
 
     #[test]

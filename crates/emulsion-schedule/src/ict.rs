@@ -1,10 +1,12 @@
 //! Improved consistency training (Song & Dhariwal 2023): the discretisation curriculum `N(k)`
-//! that doubles the number of Karras levels in stages, and log-normal sampling of level indices.
+//! that doubles the number of Karras levels in stages, and sampling of level indices from a
+//! schedule's density (iCT: log-normal).
 
 use burn::tensor::{backend::Backend, Distribution, Int, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
-use crate::special::normal_cdf;
+use crate::process::lambda_of_edm_sigma;
+use crate::Schedule;
 
 /// `N(k) = min(s₀ 2^⌊k/K'⌋, s₁) + 1`, `K' = ⌊K / (log₂⌊s₁/s₀⌋ + 1)⌋`.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -34,14 +36,15 @@ impl IctCurriculum {
     }
 }
 
-/// iCT's level probabilities over pairs `(s_i, s_{i+1})`:
+/// The probability of each pair `(s_i, s_{i+1})` of increasing levels: the schedule's mass of
+/// `λ` between `λ(s_{i+1})` and `λ(s_i)`, renormalised over the pairs. With the `lognormal`
+/// schedule this is iCT's
 /// `p(i) ∝ erf((ln s_{i+1} - P_mean) / (√2 P_std)) - erf((ln s_i - P_mean) / (√2 P_std))`.
-pub fn lognormal_level_probabilities(sigmas: &[f64], p_mean: f64, p_std: f64) -> Vec<f64> {
-    // erf(z/√2) = 2Φ(z) - 1, so the differences of erf are twice those of Φ, which has no
-    // cancellation in the lower tail.
-    let cdf: Vec<f64> = sigmas.iter().map(|s| normal_cdf((s.ln() - p_mean) / p_std)).collect();
-    let mass: Vec<f64> = cdf.windows(2).map(|w| w[1] - w[0]).collect();
+pub fn level_probabilities(schedule: &Schedule, sigmas: &[f64]) -> Vec<f64> {
+    let cdf: Vec<f64> = sigmas.iter().map(|&s| schedule.cdf(lambda_of_edm_sigma(s))).collect();
+    let mass: Vec<f64> = cdf.windows(2).map(|w| w[0] - w[1]).collect();
     let total: f64 = mass.iter().sum();
+    assert!(total > 0.0, "the levels hold none of the schedule's mass");
     mass.into_iter().map(|m| m / total).collect()
 }
 
@@ -80,7 +83,10 @@ mod tests {
     #[test]
     fn level_probabilities_follow_the_erf_formula() {
         let sigmas = Karras::default().sigmas(11);
-        let p = lognormal_level_probabilities(&sigmas, -1.1, 2.0);
+        // iCT's P_mean = -1.1, P_std = 2 over the levels' own range.
+        let lognormal = crate::Curve::LogNormal(crate::LogNormal { p_mean: -1.1, p_std: 2.0 });
+        let schedule = Schedule::new(lognormal, lambda_of_edm_sigma(80.0), lambda_of_edm_sigma(0.002));
+        let p = level_probabilities(&schedule, &sigmas);
         assert_eq!(p.len(), 10);
         assert!((p.iter().sum::<f64>() - 1.0).abs() < 1e-12);
         let erf_gap = |i: usize| {
@@ -89,7 +95,7 @@ mod tests {
         };
         let total: f64 = (0..10).map(erf_gap).sum();
         for (i, pi) in p.iter().enumerate() {
-            assert!((pi - erf_gap(i) / total).abs() < 1e-12);
+            assert!((pi - erf_gap(i) / total).abs() < 1e-10, "p({i}) = {pi}");
         }
     }
 

@@ -14,13 +14,11 @@
 //! | [`logsnr_importance`] | Hang & Gu 2024, Laplace and Cauchy `p(λ)` |
 //! | [`lognormal`], [`karras`] | Karras et al. 2022 (EDM) |
 //! | [`flow`] | rectified flow |
-//! | [`fdm`] | Wu et al. 2023, Fast Diffusion Model |
 //! | [`ict`] | Song & Dhariwal 2023, improved consistency training |
 //! | [`polynomial`] | Gokmen et al. 2024, polynomial levels and sinusoidal curriculum |
 
 pub mod cosine;
 pub mod ddpm;
-pub mod fdm;
 pub mod flow;
 pub mod ict;
 pub mod karras;
@@ -344,6 +342,11 @@ impl Schedule {
     /// `λ(t)` clamped to the truncated range.
     pub fn lambda_clamped(&self, t: f64) -> f64 {
         self.lambda(t).clamp(self.lambda_min, self.lambda_max)
+    }
+
+    /// The EDM noise levels `[s_min, s_max]` of the log-SNR range (`s = e^{-λ/2}`).
+    pub fn sigma_range(&self) -> (f64, f64) {
+        (process::edm_sigma(self.lambda_max), process::edm_sigma(self.lambda_min))
     }
 
     /// The CDF of the truncated schedule's log-SNR: `P(λ ≤ x)`.

@@ -7,7 +7,11 @@ use std::path::{Path, PathBuf};
 
 use emulsion_assign::AssignConfig;
 use emulsion_models::embedding::NoiseEmbedding;
-use crate::objective::VpTarget;
+use crate::objective::{ConsistencyTraining, Curriculum, Fdm, LevelChoice, LossClampWarmup, VpTarget};
+use emulsion_models::{FdmBase, FdmScale};
+use emulsion_schedule::ict::IctCurriculum;
+use emulsion_schedule::karras::Karras;
+use emulsion_schedule::polynomial::{PolynomialLevels, PredefinedLevels, SinusoidalCurriculum};
 use emulsion_schedule::{Cauchy, CosineBetas, Curve, Laplace, LinearBetas, LogNormal, Schedule, ScheduleKind, ScheduleParams};
 use serde::{Deserialize, Serialize};
 
@@ -170,7 +174,8 @@ pub struct DiffusionConfig {
     /// What a `vp` network predicts: `eps` (default), `v` or `x0`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub target: Option<VpTarget>,
-    /// EDM's data standard deviation `s_d` (default 0.5), for `edm`.
+    /// EDM's data standard deviation `s_d` (default 0.5), for `edm`, `fdm` on the `edm` base,
+    /// and `ct`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub sigma_data: Option<f64>,
     /// The log-SNR schedule training levels are drawn from; its parameters are in the table of
@@ -186,6 +191,10 @@ pub struct DiffusionConfig {
     pub laplace: Laplace,
     pub cauchy: Cauchy,
     pub lognormal: LogNormal,
+    /// FDM's options, for `objective = "fdm"`.
+    pub fdm: FdmConfig,
+    /// Consistency training's options, for `objective = "ct"`.
+    pub ct: CtConfig,
 }
 
 impl Default for DiffusionConfig {
@@ -203,7 +212,230 @@ impl Default for DiffusionConfig {
             laplace: Laplace::default(),
             cauchy: Cauchy::default(),
             lognormal: LogNormal::default(),
+            fdm: FdmConfig::default(),
+            ct: CtConfig::default(),
         }
+    }
+}
+
+/// `[diffusion.fdm]`: the Fast Diffusion Model (Wu et al. 2023) on a base preconditioning.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FdmConfig {
+    /// `edm`, `vp` or `ve`: whose `c_skip`, `c_out` and loss weight FDM keeps.
+    pub base: FdmBaseKind,
+    /// `m` in `e^{−mB}(1 + mB)`; default 2 (the official CLI). VE-FDM has none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub multiplier: Option<f64>,
+    pub beta_min: f64,
+    pub beta_d: f64,
+    /// The noise range `τ = (s − s_min)/(s_max − s_min)` is measured over; default the base's
+    /// official range (EDM [0.002, 80], VP [0.001, 152.3], VE [0.02, 100]), whatever
+    /// `lambda_min`/`lambda_max` say: τ decides where the scale falls from 1 to 0.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sigma_min: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sigma_max: Option<f64>,
+    /// Steps over which the loss-weight clamp grows from 5 to 500; default 200 for `edm`, 400
+    /// for `vp` and `ve` (the official values); 0 never clamps.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub warmup: Option<u64>,
+}
+
+impl Default for FdmConfig {
+    fn default() -> Self {
+        let scale = FdmScale::default();
+        Self { base: FdmBaseKind::Edm, multiplier: None, beta_min: scale.beta_min, beta_d: scale.beta_d, sigma_min: None, sigma_max: None, warmup: None }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum FdmBaseKind {
+    #[default]
+    Edm,
+    Vp,
+    Ve,
+}
+
+impl FdmConfig {
+    /// sail-sg/FDM's noise ranges: EDM's; VP's `s(t) = √(e^{β_d t²/2 + β_min t} − 1)` at
+    /// `t = 10⁻⁵` and 1 (β_d = 19.9, β_min = 0.1); VE's.
+    pub fn official_sigma_range(base: FdmBaseKind) -> (f64, f64) {
+        let vp_sigma = |t: f64| ((0.5 * 19.9 * t * t + 0.1 * t).exp() - 1.0).sqrt();
+        match base {
+            FdmBaseKind::Edm => (0.002, 80.0),
+            FdmBaseKind::Vp => (vp_sigma(1e-5), vp_sigma(1.0)),
+            FdmBaseKind::Ve => (0.02, 100.0),
+        }
+    }
+
+    /// The objective on `schedule` (the training levels).
+    pub fn objective(&self, schedule: Schedule, sigma_data: f64) -> Fdm {
+        let (base, default_warmup) = match self.base {
+            FdmBaseKind::Edm => (FdmBase::Edm { sigma_data }, 200),
+            FdmBaseKind::Vp => (FdmBase::Vp, 400),
+            FdmBaseKind::Ve => (FdmBase::Ve, 400),
+        };
+        let (official_min, official_max) = Self::official_sigma_range(self.base);
+        let scale = FdmScale {
+            beta_min: self.beta_min,
+            beta_d: self.beta_d,
+            multiplier: self.multiplier.unwrap_or(if self.base == FdmBaseKind::Ve { 1.0 } else { 2.0 }),
+            sigma_min: self.sigma_min.unwrap_or(official_min),
+            sigma_max: self.sigma_max.unwrap_or(official_max),
+        };
+        Fdm { schedule, base, scale, warmup: LossClampWarmup { warmup: self.warmup.unwrap_or(default_warmup) } }
+    }
+
+    fn validate(&self) -> Result<(), (String, String)> {
+        if let Some(m) = self.multiplier {
+            if self.base == FdmBaseKind::Ve {
+                return Err(("diffusion.fdm.multiplier".into(), "VE-FDM has no multiplier (the official VE-FDM scales by e^{-B}(1 + B))".into()));
+            }
+            if !(m.is_finite() && m > 0.0) {
+                return Err(("diffusion.fdm.multiplier".into(), format!("must be positive, got {m}")));
+            }
+        }
+        for (key, v) in [("diffusion.fdm.beta_min", self.beta_min), ("diffusion.fdm.beta_d", self.beta_d)] {
+            if !(v.is_finite() && v >= 0.0) {
+                return Err((key.into(), format!("must be a finite number ≥ 0, got {v}")));
+            }
+        }
+        if self.beta_min + self.beta_d == 0.0 {
+            return Err(("diffusion.fdm.beta_d".into(), "beta_min and beta_d are both 0, so FDM would not scale the input at all".into()));
+        }
+        let (official_min, official_max) = Self::official_sigma_range(self.base);
+        let (lo, hi) = (self.sigma_min.unwrap_or(official_min), self.sigma_max.unwrap_or(official_max));
+        if !(lo.is_finite() && hi.is_finite() && 0.0 <= lo && lo < hi) {
+            return Err(("diffusion.fdm.sigma_min".into(), format!("[sigma_min, sigma_max] = [{lo}, {hi}] must be finite, increasing and not negative")));
+        }
+        Ok(())
+    }
+}
+
+/// `[diffusion.ct]`: consistency training (iCT, Song & Dhariwal 2023; Gokmen et al. 2024).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CtConfig {
+    /// `ict` (doubling from `s0 + 1` to `s1 + 1` levels) or `sinusoidal` (Gokmen et al.: rises
+    /// from `s0` to `s1` levels and falls back).
+    pub curriculum: CurriculumKind,
+    pub s0: usize,
+    pub s1: usize,
+    /// Karras' `ρ` of the levels (and the sinusoidal curriculum's exponent `(ρ − 1)/4`).
+    pub rho: f64,
+    /// `schedule`: pair indices drawn from `diffusion.schedule`'s density (iCT: `lognormal` with
+    /// `p_mean = -1.1`, `p_std = 2`); `polynomial`: Gokmen et al.'s placement.
+    pub levels: LevelsKind,
+    /// The polynomial's `c` (paper: 4; authors' code: 2.5).
+    pub curve: f64,
+    /// The polynomial positions' Gaussian jitter, in level indices.
+    pub jitter: f64,
+    /// The pseudo-Huber `c`; default `0.00054 √d`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub huber_c: Option<f64>,
+    /// The steps `K` the curriculum is laid out over; default `train.steps`. Set it to extend
+    /// a finished run (a larger `train.steps` and `--resume`) without re-laying `N(k)`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub steps: Option<u64>,
+}
+
+impl Default for CtConfig {
+    fn default() -> Self {
+        let (ict, poly) = (IctCurriculum::default(), PolynomialLevels::default());
+        Self {
+            curriculum: CurriculumKind::Ict,
+            s0: ict.s0,
+            s1: ict.s1,
+            rho: 7.0,
+            levels: LevelsKind::Schedule,
+            curve: poly.curve,
+            jitter: poly.jitter,
+            huber_c: None,
+            steps: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum CurriculumKind {
+    #[default]
+    Ict,
+    Sinusoidal,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LevelsKind {
+    #[default]
+    Schedule,
+    Polynomial,
+}
+
+impl CtConfig {
+    /// A bound on `s1`: each micro-batch compares its draws against every level.
+    const MAX_LEVELS: usize = 65_536;
+
+    /// The objective on `schedule` (its log-SNR range is `[s_min, s_max]`) for a run of
+    /// `total_steps` steps.
+    pub fn objective(&self, schedule: Schedule, sigma_data: f64, total_steps: u64) -> ConsistencyTraining {
+        let curriculum = match self.curriculum {
+            CurriculumKind::Ict => Curriculum::Ict(IctCurriculum { s0: self.s0, s1: self.s1 }),
+            CurriculumKind::Sinusoidal => Curriculum::Sinusoidal(SinusoidalCurriculum { n_init: self.s0, n_final: self.s1, rho: self.rho }),
+        };
+        let levels = match self.levels {
+            LevelsKind::Schedule => LevelChoice::Schedule,
+            LevelsKind::Polynomial => {
+                let (sigma_min, sigma_max) = schedule.sigma_range();
+                let range = Karras { sigma_min, sigma_max, rho: self.rho };
+                LevelChoice::Polynomial {
+                    placement: PolynomialLevels { curve: self.curve, jitter: self.jitter, gap: 1 },
+                    predefined: PredefinedLevels::new(&range, curriculum.max_levels()),
+                }
+            }
+        };
+        let total_steps = self.steps.unwrap_or(total_steps);
+        ConsistencyTraining { schedule, sigma_data, rho: self.rho, levels, curriculum, total_steps, huber_c: self.huber_c }
+    }
+
+    fn validate(&self) -> Result<(), (String, String)> {
+        if self.s0 < 2 {
+            return Err(("diffusion.ct.s0".into(), format!("must be at least 2 levels, got {}", self.s0)));
+        }
+        if self.s1 < self.s0 {
+            return Err(("diffusion.ct.s1".into(), format!("must be at least s0 = {}, got {}", self.s0, self.s1)));
+        }
+        if self.s1 > Self::MAX_LEVELS {
+            return Err(("diffusion.ct.s1".into(), format!("must be at most {} levels, got {}", Self::MAX_LEVELS, self.s1)));
+        }
+        if self.steps == Some(0) {
+            return Err(("diffusion.ct.steps".into(), "must be at least 1".into()));
+        }
+        let defaults = Self::default();
+        if self.levels == LevelsKind::Schedule {
+            for (key, value, default) in [("diffusion.ct.curve", self.curve, defaults.curve), ("diffusion.ct.jitter", self.jitter, defaults.jitter)] {
+                if value != default {
+                    return Err((key.into(), "only places levels with `levels = \"polynomial\"`".into()));
+                }
+            }
+        }
+        if !(self.rho.is_finite() && self.rho > 1.0) {
+            return Err(("diffusion.ct.rho".into(), format!("must be above 1, got {}", self.rho)));
+        }
+        if !(self.curve.is_finite() && self.curve > 0.0) {
+            return Err(("diffusion.ct.curve".into(), format!("must be positive, got {}", self.curve)));
+        }
+        if !(self.jitter.is_finite() && self.jitter >= 0.0) {
+            return Err(("diffusion.ct.jitter".into(), format!("must be a finite number ≥ 0, got {}", self.jitter)));
+        }
+        if let Some(c) = self.huber_c {
+            if !(c.is_finite() && c > 0.0) {
+                return Err(("diffusion.ct.huber_c".into(), format!("must be positive, got {c}")));
+            }
+        }
+        Ok(())
     }
 }
 
@@ -236,7 +468,12 @@ impl DiffusionConfig {
             return Err(("diffusion.target".into(), format!("chooses what a `vp` network predicts; `{}` has its own target", self.objective.name())));
         }
         if let Some(sd) = self.sigma_data {
-            if self.objective != ObjectiveKind::Edm {
+            let uses_it = match self.objective {
+                ObjectiveKind::Edm | ObjectiveKind::Ct => true,
+                ObjectiveKind::Fdm => self.fdm.base == FdmBaseKind::Edm,
+                ObjectiveKind::Vp | ObjectiveKind::Flow => false,
+            };
+            if !uses_it {
                 return Err(("diffusion.sigma_data".into(), format!("is EDM's preconditioning constant; `{}` does not use it", self.objective.name())));
             }
             if !(sd.is_finite() && sd > 0.0) {
@@ -248,6 +485,20 @@ impl DiffusionConfig {
         // `check` covers the range itself (finite and increasing) and whether the curve reaches it.
         let unchecked = Schedule::new_unchecked(schedule, self.lambda_min, self.lambda_max, self.shift);
         unchecked.check().map_err(|message| ("diffusion.lambda_min".to_string(), message))?;
+        if self.fdm != FdmConfig::default() && self.objective != ObjectiveKind::Fdm {
+            return Err(("diffusion.fdm".into(), format!("configures `objective = \"fdm\"`; `{}` does not use it", self.objective.name())));
+        }
+        if self.ct != CtConfig::default() && self.objective != ObjectiveKind::Ct {
+            return Err(("diffusion.ct".into(), format!("configures `objective = \"ct\"`; `{}` does not use it", self.objective.name())));
+        }
+        self.fdm.validate()?;
+        self.ct.validate()?;
+        if self.objective == ObjectiveKind::Ct && self.ct.levels == LevelsKind::Polynomial && self.schedule != ScheduleKind::Cosine {
+            return Err((
+                "diffusion.schedule".into(),
+                "`ct.levels = \"polynomial\"` places the levels itself; leave `diffusion.schedule` out (only its lambda range is used)".into(),
+            ));
+        }
         Ok(())
     }
 }
@@ -262,6 +513,10 @@ pub enum ObjectiveKind {
     Edm,
     /// Rectified flow / flow matching: MSE on the velocity `ε − x₀`.
     Flow,
+    /// Fast Diffusion Model: critically damped input scale and loss-clamp warm-up on `[diffusion.fdm] base`.
+    Fdm,
+    /// Consistency training, the iCT recipe (`[diffusion.ct]`).
+    Ct,
 }
 
 impl ObjectiveKind {
@@ -270,6 +525,8 @@ impl ObjectiveKind {
             ObjectiveKind::Vp => "vp",
             ObjectiveKind::Edm => "edm",
             ObjectiveKind::Flow => "flow",
+            ObjectiveKind::Fdm => "fdm",
+            ObjectiveKind::Ct => "ct",
         }
     }
 }
@@ -392,6 +649,8 @@ pub enum SamplerKind {
     /// DPM-Solver++(2M) (Lu et al. 2022).
     #[serde(rename = "dpmpp_2m")]
     Dpmpp2m,
+    /// Consistency-model sampling (Song et al. 2023): `steps` evaluations of `f`, for `ct`.
+    Consistency,
 }
 
 /// A configuration error, located as precisely as possible.
@@ -514,6 +773,15 @@ impl Config {
             self.unet_config(size, 1, 0).validate().map_err(|m| ("model".into(), m))?;
         }
         self.diffusion.validate()?;
+        let consistency_model = self.diffusion.objective == ObjectiveKind::Ct;
+        if consistency_model != (self.sample.sampler == SamplerKind::Consistency) {
+            let why = if consistency_model {
+                "a consistency model (`diffusion.objective = \"ct\"`) samples with `consistency`: it maps any noise level straight to data, so it is no denoiser for an ODE or SDE solver"
+            } else {
+                "`consistency` needs a consistency model (`diffusion.objective = \"ct\"`); this objective trains a denoiser"
+            };
+            return Err(("sample.sampler".into(), why.into()));
+        }
         self.assignment.validate().map_err(|(key, problem)| (format!("assignment.{key}"), problem))?;
         let t = &self.train;
         positive("train.batch_size", t.batch_size)?;

@@ -343,6 +343,8 @@ pub fn sample<B: Backend>(path: &Path, request: &SampleRequest, device: &B::Devi
         n: request.n,
         ..defaults.clone()
     };
+    let requested = Config { sample: options.clone(), ..config.clone() };
+    requested.validate().map_err(|(key, message)| TrainError::RunDir(format!("this run cannot be sampled so: `{key}`: {message}")))?;
     let images = sampling::generate(&trainer.ema, precond, &schedule, &options, request.n, [unet.in_channels, unet.image_size], device);
     save_grid(images, grid_columns(request.n, unet.num_classes), &request.out)
         .map_err(|source| TrainError::Io { path: request.out.clone(), source })?;

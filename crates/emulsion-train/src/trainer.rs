@@ -110,7 +110,7 @@ impl<B: AssignBackend> Trainer<B> {
             (Some(null), Some(labels)) => Some(self.drop_labels(labels, null)),
             _ => None,
         };
-        let losses = self.recipe.objective.loss(&self.net, ObjectiveInput { x0: images, noise, labels });
+        let losses = self.recipe.objective.loss(&self.net, ObjectiveInput { x0: images, noise, labels, step });
         losses.mean()
     }
 

@@ -13,7 +13,7 @@ use emulsion_train::{Config, Resume, TrainOptions};
 
 type B = Autodiff<NdArray<f32>>;
 
-fn config(data: &Path, out: &Path, name: &str, steps: usize) -> Config {
+fn config(data: &Path, out: &Path, name: &str, steps: usize, (diffusion, sampler): (&str, &str)) -> Config {
     let text = format!(
         r#"
 [run]
@@ -36,6 +36,9 @@ dropout = 0.2
 class_conditional = true
 label_dropout = 0.3
 
+[diffusion]
+{diffusion}
+
 [assignment]
 method = "lsa"
 
@@ -51,11 +54,12 @@ sample_every = 0
 log_every = 1
 
 [sample]
+sampler = "{sampler}"
 n = 2
 steps = 2
 "#,
         out = out.display(),
-        data = data.display()
+        data = data.display(),
     );
     Config::from_toml(&text, Path::new("resume.toml"), &[]).unwrap()
 }
@@ -69,6 +73,15 @@ fn final_model(run_dir: &Path, config: &Config) -> (Vec<f32>, Vec<f32>, u64) {
     (common::weights(&trainer.net), common::weights(&trainer.ema), ckpt.state.step)
 }
 
+/// The quick VP recipe; FDM, whose loss-weight clamp (warm-up 4) changes between the checkpoint
+/// at step 3 and the end; consistency training, whose curriculum (laid out over `ct.steps`, not
+/// the `train.steps` that the first half stops at) doubles its levels at step 3.
+const RECIPES: [(&str, (&str, &str)); 3] = [
+    ("vp", ("objective = \"vp\"", "ddim")),
+    ("fdm", ("objective = \"fdm\"\nschedule = \"lognormal\"\nfdm.warmup = 4", "heun")),
+    ("ct", ("objective = \"ct\"\nschedule = \"lognormal\"\nct.steps = 6\nct.s0 = 2\nct.s1 = 4", "consistency")),
+];
+
 #[test]
 fn resuming_reproduces_the_uninterrupted_run_bit_for_bit() {
     let root = common::tempdir("resume");
@@ -78,35 +91,38 @@ fn resuming_reproduces_the_uninterrupted_run_bit_for_bit() {
     common::write_idx_dataset(&data, 10, 8);
     let device = Default::default();
 
-    let straight = config(&data, &root, "straight", 6);
-    emulsion_train::train::<B>(&straight, &device, &TrainOptions::default()).unwrap();
+    for (recipe, diffusion) in RECIPES {
+        let run = |name: &str, steps: usize| config(&data, &root, &format!("{recipe}-{name}"), steps, diffusion);
+        let straight = run("straight", 6);
+        emulsion_train::train::<B>(&straight, &device, &TrainOptions::default()).unwrap();
 
-    let first_half = config(&data, &root, "resumed", 3);
-    emulsion_train::train::<B>(&first_half, &device, &TrainOptions::default()).unwrap();
-    let second_half = config(&data, &root, "resumed", 6);
-    let report = emulsion_train::train::<B>(&second_half, &device, &TrainOptions { resume: Resume::Latest, overwrite: false }).unwrap();
-    assert_eq!((report.start_step, report.last_step), (3, 6));
+        let first_half = run("resumed", 3);
+        emulsion_train::train::<B>(&first_half, &device, &TrainOptions::default()).unwrap();
+        let second_half = run("resumed", 6);
+        let report = emulsion_train::train::<B>(&second_half, &device, &TrainOptions { resume: Resume::Latest, overwrite: false }).unwrap();
+        assert_eq!((report.start_step, report.last_step), (3, 6));
 
-    let (net_a, ema_a, step_a) = final_model(&root.join("straight"), &straight);
-    let (net_b, ema_b, step_b) = final_model(&root.join("resumed"), &second_half);
-    assert_eq!((step_a, step_b), (6, 6));
-    assert!(net_a.iter().zip(&net_b).all(|(a, b)| a.to_bits() == b.to_bits()), "weights differ after resume");
-    assert!(ema_a.iter().zip(&ema_b).all(|(a, b)| a.to_bits() == b.to_bits()), "EMA differs after resume");
-    assert_eq!(net_a.len(), net_b.len());
+        let (net_a, ema_a, step_a) = final_model(&straight.run_dir(), &straight);
+        let (net_b, ema_b, step_b) = final_model(&second_half.run_dir(), &second_half);
+        assert_eq!((step_a, step_b), (6, 6));
+        assert!(net_a.iter().zip(&net_b).all(|(a, b)| a.to_bits() == b.to_bits()), "{recipe}: weights differ after resume");
+        assert!(ema_a.iter().zip(&ema_b).all(|(a, b)| a.to_bits() == b.to_bits()), "{recipe}: EMA differs after resume");
+        assert_eq!(net_a.len(), net_b.len());
 
-    // The weights moved, and the EMA lags behind them: the test is not comparing two copies of
-    // the initialisation.
-    let init = common::weights(&Recipe::from_config(&straight).init::<NdArray<f32>>(&straight.unet_config(8, 1, 10), &device).net);
-    assert!(net_a.iter().zip(&init).any(|(a, b)| a != b));
-    assert!(net_a.iter().zip(&ema_a).any(|(a, b)| a != b));
+        // The weights moved, and the EMA lags behind them: the test is not comparing two copies
+        // of the initialisation.
+        let init = common::weights(&Recipe::from_config(&straight).init::<NdArray<f32>>(&straight.unet_config(8, 1, 10), &device).net);
+        assert!(net_a.iter().zip(&init).any(|(a, b)| a != b));
+        assert!(net_a.iter().zip(&ema_a).any(|(a, b)| a != b));
 
-    let steps: Vec<u64> = checkpoint::list(&root.join("resumed/checkpoints")).unwrap().into_iter().map(|(s, _)| s).collect();
-    assert_eq!(steps, vec![3, 6]);
+        let steps: Vec<u64> = checkpoint::list(&second_half.run_dir().join("checkpoints")).unwrap().into_iter().map(|(s, _)| s).collect();
+        assert_eq!(steps, vec![3, 6]);
 
-    // A different seed gives a different run.
-    let mut other = config(&data, &root, "other", 6);
-    other.run.seed = 8;
-    emulsion_train::train::<B>(&other, &device, &TrainOptions::default()).unwrap();
-    let (net_c, _, _) = final_model(&root.join("other"), &other);
-    assert_ne!(net_c, net_a);
+        // A different seed gives a different run.
+        let mut other = run("other", 6);
+        other.run.seed = 8;
+        emulsion_train::train::<B>(&other, &device, &TrainOptions::default()).unwrap();
+        let (net_c, _, _) = final_model(&other.run_dir(), &other);
+        assert_ne!(net_c, net_a);
+    }
 }

@@ -4,7 +4,7 @@
 
 use burn::prelude::*;
 use emulsion_models::precond::per_sample;
-use emulsion_models::{Precond, UNet};
+use emulsion_models::{Network, Precond};
 use emulsion_schedule::process::edm_sigma_tensor;
 use emulsion_schedule::Schedule;
 
@@ -22,20 +22,30 @@ impl Edm {
         Precond::Edm { sigma_data: self.sigma_data }
     }
 
-    pub fn loss<B: Backend>(&self, net: &UNet<B>, input: ObjectiveInput<B>) -> Tensor<B, 1> {
+    pub fn loss<B: Backend, N: Network<B>>(&self, net: &N, input: ObjectiveInput<B>) -> Tensor<B, 1> {
         let lambda = self.schedule.sample_lambda::<B>(input.x0.dims()[0], &input.x0.device());
         self.loss_at(net, input, edm_sigma_tensor(lambda))
     }
 
     /// The loss at given noise levels `sigma` `[N]`.
-    pub fn loss_at<B: Backend>(&self, net: &UNet<B>, input: ObjectiveInput<B>, sigma: Tensor<B, 1>) -> Tensor<B, 1> {
-        let ObjectiveInput { x0, noise, labels } = input;
-        let sd2 = self.sigma_data * self.sigma_data;
-        let weight = (sigma.clone().powf_scalar(2.0) + sd2) / (sigma.clone().powf_scalar(2.0) * sd2);
-        let x = x0.clone() + noise * per_sample(sigma.clone());
-        let denoised = self.precond().denoise(net, x, sigma, labels);
-        mean_per_sample((denoised - x0).powf_scalar(2.0)) * weight
+    pub fn loss_at<B: Backend, N: Network<B>>(&self, net: &N, input: ObjectiveInput<B>, sigma: Tensor<B, 1>) -> Tensor<B, 1> {
+        let weight = loss_weight(sigma.clone(), self.sigma_data);
+        denoising_error(&self.precond(), net, input, sigma) * weight
     }
+}
+
+/// EDM's loss weight `λ(s) = (s² + s_d²)/(s s_d)²`.
+pub fn loss_weight<B: Backend>(sigma: Tensor<B, 1>, sigma_data: f64) -> Tensor<B, 1> {
+    let sd2 = sigma_data * sigma_data;
+    (sigma.clone().powf_scalar(2.0) + sd2) / (sigma.powf_scalar(2.0) * sd2)
+}
+
+/// The unweighted `‖D(x₀ + s ε; s) − x₀‖²` per sample (mean over pixels), under `precond`.
+pub fn denoising_error<B: Backend, N: Network<B>>(precond: &Precond, net: &N, input: ObjectiveInput<B>, sigma: Tensor<B, 1>) -> Tensor<B, 1> {
+    let ObjectiveInput { x0, noise, labels, .. } = input;
+    let x = x0.clone() + noise * per_sample(sigma.clone());
+    let denoised = precond.denoise(net, x, sigma, labels);
+    mean_per_sample((denoised - x0).powf_scalar(2.0))
 }
 
 #[cfg(test)]
@@ -51,7 +61,7 @@ mod tests {
         let objective = Edm { schedule: Schedule::cosine(-10.0, 10.0), sigma_data: 0.5 };
         let sigmas = [0.02f32, 0.5, 2.0, 40.0];
         let got: Vec<f32> = objective
-            .loss_at(&net, ObjectiveInput { x0: x0.clone(), noise: noise.clone(), labels: None }, Tensor::from_floats(sigmas, &device))
+            .loss_at(&net, ObjectiveInput { x0: x0.clone(), noise: noise.clone(), labels: None, step: 0 }, Tensor::from_floats(sigmas, &device))
             .into_data()
             .to_vec()
             .unwrap();

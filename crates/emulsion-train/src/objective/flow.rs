@@ -4,7 +4,7 @@
 
 use burn::prelude::*;
 use emulsion_models::precond::per_sample;
-use emulsion_models::{Precond, UNet};
+use emulsion_models::{Network, Precond};
 use emulsion_schedule::process::edm_sigma_tensor;
 use emulsion_schedule::Schedule;
 
@@ -20,14 +20,14 @@ impl Flow {
         Precond::Flow
     }
 
-    pub fn loss<B: Backend>(&self, net: &UNet<B>, input: ObjectiveInput<B>) -> Tensor<B, 1> {
+    pub fn loss<B: Backend, N: Network<B>>(&self, net: &N, input: ObjectiveInput<B>) -> Tensor<B, 1> {
         let lambda = self.schedule.sample_lambda::<B>(input.x0.dims()[0], &input.x0.device());
         self.loss_at(net, input, edm_sigma_tensor(lambda))
     }
 
     /// The loss at given noise levels `sigma` `[N]` (`t = s/(1 + s)`).
-    pub fn loss_at<B: Backend>(&self, net: &UNet<B>, input: ObjectiveInput<B>, sigma: Tensor<B, 1>) -> Tensor<B, 1> {
-        let ObjectiveInput { x0, noise, labels } = input;
+    pub fn loss_at<B: Backend, N: Network<B>>(&self, net: &N, input: ObjectiveInput<B>, sigma: Tensor<B, 1>) -> Tensor<B, 1> {
+        let ObjectiveInput { x0, noise, labels, .. } = input;
         // Flow preconditioning feeds c_in (x₀ + s ε) = (1 − t) x₀ + t ε = x_t to the network.
         let x = x0.clone() + noise.clone() * per_sample(sigma.clone());
         let (velocity, _) = self.precond().raw_output(net, x, sigma, labels);
@@ -45,7 +45,7 @@ mod tests {
         let (net, x0, noise) = crate::objective::tests::untrained_case(3, 3);
         let device = x0.device();
         let got: Vec<f32> = Flow { schedule: Schedule::cosine(-10.0, 10.0) }
-            .loss_at(&net, ObjectiveInput { x0: x0.clone(), noise: noise.clone(), labels: None }, Tensor::from_floats([0.1, 1.0, 10.0], &device))
+            .loss_at(&net, ObjectiveInput { x0: x0.clone(), noise: noise.clone(), labels: None, step: 0 }, Tensor::from_floats([0.1, 1.0, 10.0], &device))
             .into_data()
             .to_vec()
             .unwrap();

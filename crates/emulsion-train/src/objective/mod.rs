@@ -3,17 +3,21 @@
 //! levels from its schedule; the training step owns everything else (noise, assignment, label
 //! dropout, reduction), so new objectives plug in without touching the loop.
 
+pub mod consistency;
 pub mod edm;
+pub mod fdm;
 pub mod flow;
 pub mod vp;
 
 use burn::prelude::*;
-use emulsion_models::{Precond, UNet};
+use emulsion_models::{Network, Precond};
 use emulsion_schedule::Schedule;
 
 use crate::config::{Config, ObjectiveKind};
 
+pub use consistency::{ConsistencyTraining, Curriculum, LevelChoice};
 pub use edm::Edm;
+pub use fdm::{Fdm, LossClampWarmup};
 pub use flow::Flow;
 pub use vp::{Vp, VpTarget};
 
@@ -26,6 +30,9 @@ pub struct ObjectiveInput<B: Backend> {
     pub noise: Tensor<B, 4>,
     /// Class labels (the null label where dropped), `[N]`; `None` for unconditional networks.
     pub labels: Option<Tensor<B, 1, Int>>,
+    /// The 0-based optimiser step, for objectives whose recipe changes during training (FDM's
+    /// clamp warm-up, the consistency curricula).
+    pub step: u64,
 }
 
 /// The objectives, by configuration.
@@ -34,6 +41,8 @@ pub enum Objective {
     Vp(Vp),
     Edm(Edm),
     Flow(Flow),
+    Fdm(Fdm),
+    Consistency(ConsistencyTraining),
 }
 
 impl Objective {
@@ -44,15 +53,19 @@ impl Objective {
             ObjectiveKind::Vp => Objective::Vp(Vp { schedule, target: d.target.unwrap_or_default() }),
             ObjectiveKind::Edm => Objective::Edm(Edm { schedule, sigma_data: d.sigma_data.unwrap_or(DEFAULT_SIGMA_DATA) }),
             ObjectiveKind::Flow => Objective::Flow(Flow { schedule }),
+            ObjectiveKind::Fdm => Objective::Fdm(d.fdm.objective(schedule, d.sigma_data.unwrap_or(DEFAULT_SIGMA_DATA))),
+            ObjectiveKind::Ct => Objective::Consistency(d.ct.objective(schedule, d.sigma_data.unwrap_or(DEFAULT_SIGMA_DATA), config.train.steps as u64)),
         }
     }
 
     /// Unreduced per-sample losses, `[N]`.
-    pub fn loss<B: Backend>(&self, net: &UNet<B>, input: ObjectiveInput<B>) -> Tensor<B, 1> {
+    pub fn loss<B: Backend, N: Network<B>>(&self, net: &N, input: ObjectiveInput<B>) -> Tensor<B, 1> {
         match self {
             Objective::Vp(o) => o.loss(net, input),
             Objective::Edm(o) => o.loss(net, input),
             Objective::Flow(o) => o.loss(net, input),
+            Objective::Fdm(o) => o.loss(net, input),
+            Objective::Consistency(o) => o.loss(net, input),
         }
     }
 
@@ -62,6 +75,8 @@ impl Objective {
             Objective::Vp(o) => &o.schedule,
             Objective::Edm(o) => &o.schedule,
             Objective::Flow(o) => &o.schedule,
+            Objective::Fdm(o) => &o.schedule,
+            Objective::Consistency(o) => &o.schedule,
         }
     }
 
@@ -71,6 +86,8 @@ impl Objective {
             Objective::Vp(o) => o.precond(),
             Objective::Edm(o) => o.precond(),
             Objective::Flow(o) => o.precond(),
+            Objective::Fdm(o) => o.precond(),
+            Objective::Consistency(o) => o.precond(),
         }
     }
 }
@@ -87,9 +104,75 @@ pub(crate) fn mean_per_sample<B: Backend>(x: Tensor<B, 4>) -> Tensor<B, 1> {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::TestBackend;
+    use crate::{TestAutodiffBackend, TestBackend};
+    use burn::module::Param;
     use burn::tensor::Distribution;
-    use emulsion_models::UNetConfig;
+    use emulsion_models::{Network, UNet, UNetConfig};
+
+    /// A "network" whose output is a free parameter `θ`, whatever its input: the gradient of a
+    /// loss with respect to `θ` is a hand computation.
+    #[derive(Module, Debug)]
+    pub(crate) struct FreeOutput<B: Backend> {
+        theta: Param<Tensor<B, 4>>,
+    }
+
+    impl<B: Backend> Network<B> for FreeOutput<B> {
+        fn forward(&self, _x: Tensor<B, 4>, _noise_labels: Tensor<B, 1>, _class_labels: Option<Tensor<B, 1, Int>>) -> Tensor<B, 4> {
+            self.theta.val()
+        }
+    }
+
+    /// A "network" that returns its input `c_in x`: the loss then shows the input scale.
+    #[derive(Module, Debug)]
+    pub(crate) struct EchoInput<B: Backend> {
+        _backend: core::marker::PhantomData<B>,
+    }
+
+    impl<B: Backend> EchoInput<B> {
+        pub(crate) fn new() -> Self {
+            Self { _backend: core::marker::PhantomData }
+        }
+    }
+
+    impl<B: Backend> Network<B> for EchoInput<B> {
+        fn forward(&self, x: Tensor<B, 4>, _noise_labels: Tensor<B, 1>, _class_labels: Option<Tensor<B, 1, Int>>) -> Tensor<B, 4> {
+            x
+        }
+    }
+
+    impl FreeOutput<TestAutodiffBackend> {
+        /// `θ ~ N(0, 1)` of shape `dims`, drawn from `seed`.
+        pub(crate) fn random(dims: [usize; 4], seed: u64) -> Self {
+            let device = Default::default();
+            <TestAutodiffBackend as Backend>::seed(&device, seed);
+            Self { theta: Param::from_tensor(Tensor::random(dims, Distribution::Normal(0.0, 1.0), &device)) }
+        }
+
+        pub(crate) fn values(&self) -> Vec<f32> {
+            self.theta.val().into_data().to_vec().unwrap()
+        }
+
+        /// `∂ loss / ∂θ`, flattened.
+        pub(crate) fn gradient(&self, loss: Tensor<TestAutodiffBackend, 1>) -> Vec<f32> {
+            let grads = loss.backward();
+            self.theta.val().grad(&grads).expect("θ takes part in the loss").into_data().to_vec().unwrap()
+        }
+    }
+
+    /// A plain tensor onto the autodiff backend (as a constant).
+    pub(crate) fn lift<const D: usize>(t: Tensor<TestBackend, D>) -> Tensor<TestAutodiffBackend, D> {
+        Tensor::from_data(t.into_data(), &Default::default())
+    }
+
+    /// Same direction (cosine above 1 − 1e-6) and the same length to 1e-3.
+    pub(crate) fn assert_gradient_matches(got: &[f32], want: &[f64]) {
+        assert_eq!(got.len(), want.len());
+        let dot: f64 = got.iter().zip(want).map(|(&g, w)| g as f64 * w).sum();
+        let (ng, nw) = (got.iter().map(|&g| (g as f64).powi(2)).sum::<f64>().sqrt(), want.iter().map(|w| w * w).sum::<f64>().sqrt());
+        assert!(nw > 0.0, "the hand gradient is not zero");
+        assert!(dot / (ng * nw) > 1.0 - 1e-6, "direction: cosine {}", dot / (ng * nw));
+        assert!((ng - nw).abs() < 1e-3 * nw, "length: {ng} vs {nw}");
+    }
 
     /// A one-channel 8×8 UNet, drawn after seeding the backend with `seed` (its output layer
     /// starts at ~0, so `F ≈ 0`), and `n` images in [−1, 1] with their standard normal noise.
@@ -105,5 +188,58 @@ pub(crate) mod tests {
         let x0 = Tensor::random([n, 1, 8, 8], Distribution::Uniform(-1.0, 1.0), &device);
         let noise = Tensor::random([n, 1, 8, 8], Distribution::Normal(0.0, 1.0), &device);
         (net, x0, noise)
+    }
+
+    #[test]
+    fn gradients_match_the_hand_computation() {
+        // F = θ, a free output, d = 64 pixels: for a target y, L = mean((θ − y)²) and
+        // ∂L/∂θ = 2(θ − y)/d; for EDM, L = w mean((c_skip x + c_out θ − x₀)²) and
+        // ∂L/∂θ = 2 w c_out (D − x₀)/d.
+        let _rng = crate::lock_backend_rng();
+        let (_, x0, noise) = untrained_case(12, 2);
+        let (x0v, ev): (Vec<f32>, Vec<f32>) = (x0.clone().into_data().to_vec().unwrap(), noise.clone().into_data().to_vec().unwrap());
+        let sigmas = [0.3f64, 4.0];
+        let device = Default::default();
+        let sigma_tensor = || lift(Tensor::<TestBackend, 1>::from_floats(sigmas.map(|s| s as f32), &device));
+        let schedule = Schedule::cosine(-10.0, 10.0);
+        let cases: [(&str, Objective); 5] = [
+            ("vp-eps", Objective::Vp(Vp { schedule: schedule.clone(), target: VpTarget::Eps })),
+            ("vp-v", Objective::Vp(Vp { schedule: schedule.clone(), target: VpTarget::V })),
+            ("vp-x0", Objective::Vp(Vp { schedule: schedule.clone(), target: VpTarget::X0 })),
+            ("edm", Objective::Edm(Edm { schedule: schedule.clone(), sigma_data: 0.5 })),
+            ("flow", Objective::Flow(Flow { schedule })),
+        ];
+        for (name, objective) in cases {
+            let net = FreeOutput::random(x0.dims(), 13);
+            let theta = net.values();
+            let input = ObjectiveInput { x0: lift(x0.clone()), noise: lift(noise.clone()), labels: None, step: 0 };
+            let loss = match &objective {
+                // VP takes log-SNRs: λ = −2 ln s.
+                Objective::Vp(o) => o.loss_at(&net, input, sigma_tensor().log() * -2.0),
+                Objective::Edm(o) => o.loss_at(&net, input, sigma_tensor()),
+                Objective::Flow(o) => o.loss_at(&net, input, sigma_tensor()),
+                _ => unreachable!(),
+            };
+            let got = net.gradient(loss.sum());
+            let want: Vec<f64> = (0..theta.len())
+                .map(|j| {
+                    let (s, x, e, th) = (sigmas[j / 64], x0v[j] as f64, ev[j] as f64, theta[j] as f64);
+                    let (alpha, sigma) = (1.0 / (1.0 + s * s).sqrt(), s / (1.0 + s * s).sqrt());
+                    let target = match name {
+                        "vp-eps" => e,
+                        "vp-v" => alpha * e - sigma * x,
+                        "vp-x0" => x,
+                        "flow" => e - x,
+                        _ => {
+                            let (sd, xs) = (0.5, x + s * e);
+                            let (c_skip, c_out, w) = (sd * sd / (s * s + sd * sd), s * sd / (s * s + sd * sd).sqrt(), (s * s + sd * sd) / (s * sd).powi(2));
+                            return 2.0 * w * c_out * (c_skip * xs + c_out * th - x) / 64.0;
+                        }
+                    };
+                    2.0 * (th - target) / 64.0
+                })
+                .collect();
+            assert_gradient_matches(&got, &want);
+        }
     }
 }

@@ -4,7 +4,7 @@
 
 use burn::prelude::*;
 use emulsion_models::precond::per_sample;
-use emulsion_models::{Precond, UNet};
+use emulsion_models::{Network, Precond};
 use emulsion_schedule::process::edm_sigma_tensor;
 use emulsion_schedule::Schedule;
 use serde::{Deserialize, Serialize};
@@ -41,14 +41,14 @@ impl Vp {
         }
     }
 
-    pub fn loss<B: Backend>(&self, net: &UNet<B>, input: ObjectiveInput<B>) -> Tensor<B, 1> {
+    pub fn loss<B: Backend, N: Network<B>>(&self, net: &N, input: ObjectiveInput<B>) -> Tensor<B, 1> {
         let lambda = self.schedule.sample_lambda::<B>(input.x0.dims()[0], &input.x0.device());
         self.loss_at(net, input, lambda)
     }
 
     /// The loss at given log-SNRs `lambda` `[N]`.
-    pub fn loss_at<B: Backend>(&self, net: &UNet<B>, input: ObjectiveInput<B>, lambda: Tensor<B, 1>) -> Tensor<B, 1> {
-        let ObjectiveInput { x0, noise, labels } = input;
+    pub fn loss_at<B: Backend, N: Network<B>>(&self, net: &N, input: ObjectiveInput<B>, lambda: Tensor<B, 1>) -> Tensor<B, 1> {
+        let ObjectiveInput { x0, noise, labels, .. } = input;
         let sigma = edm_sigma_tensor(lambda.clone());
         let x = x0.clone() + noise.clone() * per_sample(sigma.clone());
         let (prediction, _) = self.precond().raw_output(net, x, sigma, labels);
@@ -81,7 +81,7 @@ mod tests {
         let lambdas: Vec<f32> = lambda.clone().into_data().to_vec().unwrap();
         for target in [VpTarget::Eps, VpTarget::V, VpTarget::X0] {
             let objective = Vp { schedule: Schedule::cosine(-10.0, 10.0), target };
-            let input = ObjectiveInput { x0: x0.clone(), noise: noise.clone(), labels: None };
+            let input = ObjectiveInput { x0: x0.clone(), noise: noise.clone(), labels: None, step: 0 };
             let got: Vec<f32> = objective.loss_at(&net, input, lambda.clone()).into_data().to_vec().unwrap();
             let want: Vec<f32> = match target {
                 VpTarget::Eps => per_sample(noise.clone()),

@@ -10,7 +10,7 @@ pub mod heun;
 
 use burn::prelude::*;
 use burn::tensor::Distribution;
-use emulsion_models::{Denoise, Precond, UNet};
+use emulsion_models::{Denoise, Network, Precond};
 use emulsion_schedule::karras::Karras;
 use emulsion_schedule::{process, Schedule};
 
@@ -27,7 +27,7 @@ pub use heun::sample_heun;
 /// `steps` EDM noise levels under `spacing`, within `schedule`'s log-SNR range, noisiest first,
 /// then 0.
 pub fn sigmas(schedule: &Schedule, spacing: Spacing, rho: f64, steps: usize) -> Vec<f64> {
-    let (s_min, s_max) = (process::edm_sigma(schedule.lambda_max), process::edm_sigma(schedule.lambda_min));
+    let (s_min, s_max) = schedule.sigma_range();
     let mut sigmas: Vec<f64> = match spacing {
         Spacing::Schedule => schedule.lambda_grid(steps).into_iter().map(process::edm_sigma).collect(),
         Spacing::Cosine => {
@@ -42,8 +42,8 @@ pub fn sigmas(schedule: &Schedule, spacing: Spacing, rho: f64, steps: usize) -> 
 }
 
 /// A network with its preconditioning, labels and guidance, seen as a denoiser.
-pub struct NetDenoiser<'a, B: Backend> {
-    pub net: &'a UNet<B>,
+pub struct NetDenoiser<'a, B: Backend, N: Network<B>> {
+    pub net: &'a N,
     pub precond: Precond,
     /// `[N]` class labels for a conditional network.
     pub labels: Option<Tensor<B, 1, Int>>,
@@ -54,7 +54,7 @@ pub struct NetDenoiser<'a, B: Backend> {
     pub clip_denoised: bool,
 }
 
-impl<B: Backend> Denoise<B> for NetDenoiser<'_, B> {
+impl<B: Backend, N: Network<B>> Denoise<B> for NetDenoiser<'_, B, N> {
     fn denoise(&self, x: Tensor<B, 4>, sigma: f64) -> Tensor<B, 4> {
         let n = x.dims()[0];
         let device = x.device();
@@ -82,8 +82,8 @@ pub fn grid_labels<B: Backend>(n: usize, num_classes: usize, device: &B::Device)
 
 /// Generates `n` images of shape `[channels, size, size]` with the configured sampler,
 /// from noise fixed by `options.seed`.
-pub fn generate<B: Backend>(
-    net: &UNet<B>,
+pub fn generate<B: Backend, N: Network<B>>(
+    net: &N,
     precond: Precond,
     schedule: &Schedule,
     options: &SampleConfig,
@@ -91,7 +91,15 @@ pub fn generate<B: Backend>(
     [channels, size]: [usize; 2],
     device: &B::Device,
 ) -> Tensor<B, 4> {
-    let sigmas = sigmas(schedule, options.spacing, options.rho, options.steps);
+    let sigmas = match options.sampler {
+        // A consistency model is the identity at s_min: `steps` levels above it, then 0.
+        SamplerKind::Consistency => {
+            let mut levels = sigmas(schedule, options.spacing, options.rho, options.steps + 1);
+            levels.remove(options.steps);
+            levels
+        }
+        _ => sigmas(schedule, options.spacing, options.rho, options.steps),
+    };
     B::seed(device, seeds::derive(options.seed, Stream::Sample, 0));
     // x_T ~ N(0, I) in VP coordinates is N(0, 1 + s²) in EDM coordinates.
     let x = Tensor::random([n, channels, size, size], Distribution::Normal(0.0, 1.0), device) * (1.0 + sigmas[0].powi(2)).sqrt();
@@ -110,6 +118,14 @@ pub fn generate<B: Backend>(
         SamplerKind::Euler => sample_euler(&denoiser, x, &sigmas),
         SamplerKind::Heun => sample_heun(&denoiser, x, &sigmas),
         SamplerKind::Dpmpp2m => sample_dpmpp_2m(&denoiser, x, &sigmas),
+        SamplerKind::Consistency => {
+            // The level at which the model is the identity (only 0 for a plain denoiser).
+            let s_min = match precond {
+                Precond::Consistency { sigma_min, .. } => sigma_min,
+                _ => 0.0,
+            };
+            sample_consistency(&denoiser, x, &sigmas, s_min, &mut noise)
+        }
     }
 }
 

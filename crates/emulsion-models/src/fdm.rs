@@ -1,9 +1,33 @@
 //! Fast Diffusion Model (Wu et al. 2023, arXiv 2306.06991; sail-sg/FDM): momentum diffusion as a
-//! critically damped oscillator. As the authors implement it, noise is still added in EDM form
-//! `x₀ + s ε`; what changes is the network's input scale, and a warm-up of the loss-weight clamp.
+//! critically damped oscillator. As the authors implement it (`FDM_*Precond` in their
+//! `networks.py`), noise is still added in EDM form `x₀ + s ε`; what changes is the network's
+//! input scale `c_in`, replaced by the oscillator's mean decay below. The other ingredient, the
+//! loss-weight clamp warm-up, belongs to the objective (`emulsion-train`'s `objective/fdm.rs`).
 
 use burn::tensor::{backend::Backend, Tensor};
 use serde::{Deserialize, Serialize};
+
+use crate::Precond;
+
+/// The preconditioning whose `c_skip` and `c_out` FDM keeps: sail-sg/FDM's `FDM_EDMPrecond`,
+/// `FDM_VPPrecond` and `FDM_VEPrecond`. (Their noise labels differ, `999 t` for VP and
+/// `ln(s/2)` for VE; here every network sees `ln(s)/4`, a relabelling the network learns.)
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum FdmBase {
+    Edm { sigma_data: f64 },
+    Vp,
+    Ve,
+}
+
+impl FdmBase {
+    pub fn precond(self) -> Precond {
+        match self {
+            FdmBase::Edm { sigma_data } => Precond::Edm { sigma_data },
+            FdmBase::Vp => Precond::Vp,
+            FdmBase::Ve => Precond::Ve,
+        }
+    }
+}
 
 /// The critically damped input scale `scale(s) = e^{-mB} (1 + mB)`,
 /// `B = β_min τ + β_d τ² / 2`, `τ = (s - s_min) / (s_max - s_min)`.
@@ -12,7 +36,7 @@ use serde::{Deserialize, Serialize};
 pub struct FdmScale {
     pub beta_min: f64,
     pub beta_d: f64,
-    /// `m`; VE-FDM uses 1 whatever is configured.
+    /// `m` (the official CLI's 2; VE-FDM has none, i.e. 1).
     pub multiplier: f64,
     pub sigma_min: f64,
     pub sigma_max: f64,
@@ -43,24 +67,6 @@ impl FdmScale {
         let tau = (sigma - self.sigma_min) / (self.sigma_max - self.sigma_min);
         let mb = (tau.clone() * self.beta_min + tau.powi_scalar(2) * (0.5 * self.beta_d)) * self.multiplier;
         (-mb.clone()).exp() * (mb + 1.0)
-    }
-}
-
-/// The loss-weight clamp warm-up: the weight is clamped at `5 · 100^{k / warmup}` at step `k`,
-/// which reaches 500 after exactly `warmup` steps; from then on it is not clamped.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct LossClampWarmup {
-    /// 200 iterations for EDM on CIFAR-10, 400 for VP/VE (the official defaults); 0 disables.
-    pub warmup: usize,
-}
-
-impl LossClampWarmup {
-    const START: f64 = 5.0;
-    const GROWTH: f64 = 100.0;
-
-    /// The clamp at optimiser step `step` (0-based), or `None` once it has reached 500.
-    pub fn clamp_at(&self, step: usize) -> Option<f64> {
-        (step < self.warmup).then(|| Self::START * Self::GROWTH.powf(step as f64 / self.warmup as f64))
     }
 }
 
@@ -95,21 +101,5 @@ mod tests {
         for (s, g) in sigmas.iter().zip(got) {
             assert!((g as f64 - f.scale(*s as f64)).abs() < 1e-6, "scale({s})");
         }
-    }
-
-    #[test]
-    fn clamp_grows_from_5_to_500_in_exactly_warmup_steps() {
-        let w = LossClampWarmup { warmup: 200 };
-        assert_eq!(w.clamp_at(0), Some(5.0));
-        // The reference multiplies by 100^(1/warmup) each step; the closed form agrees.
-        let mut iterated = 5.0;
-        for k in 0..200 {
-            let clamp = w.clamp_at(k).expect("clamped during warm-up");
-            assert!((clamp - iterated).abs() < 1e-9 * iterated && clamp < 500.0);
-            iterated *= 100f64.powf(1.0 / 200.0);
-        }
-        assert!((iterated - 500.0).abs() < 1e-9, "500 after exactly `warmup` steps");
-        assert_eq!(w.clamp_at(200), None);
-        assert_eq!(LossClampWarmup { warmup: 0 }.clamp_at(0), None);
     }
 }

@@ -270,6 +270,12 @@ impl FdmConfig {
         }
     }
 
+    /// The `[s_min, s_max]` of τ: the configured one, else the base's official range.
+    pub fn sigma_range(&self) -> (f64, f64) {
+        let (official_min, official_max) = Self::official_sigma_range(self.base);
+        (self.sigma_min.unwrap_or(official_min), self.sigma_max.unwrap_or(official_max))
+    }
+
     /// The objective on `schedule` (the training levels).
     pub fn objective(&self, schedule: Schedule, sigma_data: f64) -> Fdm {
         let (base, default_warmup) = match self.base {
@@ -277,13 +283,13 @@ impl FdmConfig {
             FdmBaseKind::Vp => (FdmBase::Vp, 400),
             FdmBaseKind::Ve => (FdmBase::Ve, 400),
         };
-        let (official_min, official_max) = Self::official_sigma_range(self.base);
+        let (sigma_min, sigma_max) = self.sigma_range();
         let scale = FdmScale {
             beta_min: self.beta_min,
             beta_d: self.beta_d,
-            multiplier: self.multiplier.unwrap_or(if self.base == FdmBaseKind::Ve { 1.0 } else { 2.0 }),
-            sigma_min: self.sigma_min.unwrap_or(official_min),
-            sigma_max: self.sigma_max.unwrap_or(official_max),
+            multiplier: self.multiplier.unwrap_or(if self.base == FdmBaseKind::Ve { 1.0 } else { FdmScale::default().multiplier }),
+            sigma_min,
+            sigma_max,
         };
         Fdm { schedule, base, scale, warmup: LossClampWarmup { warmup: self.warmup.unwrap_or(default_warmup) } }
     }
@@ -305,8 +311,7 @@ impl FdmConfig {
         if self.beta_min + self.beta_d == 0.0 {
             return Err(("diffusion.fdm.beta_d".into(), "beta_min and beta_d are both 0, so FDM would not scale the input at all".into()));
         }
-        let (official_min, official_max) = Self::official_sigma_range(self.base);
-        let (lo, hi) = (self.sigma_min.unwrap_or(official_min), self.sigma_max.unwrap_or(official_max));
+        let (lo, hi) = self.sigma_range();
         if !(lo.is_finite() && hi.is_finite() && 0.0 <= lo && lo < hi) {
             return Err(("diffusion.fdm.sigma_min".into(), format!("[sigma_min, sigma_max] = [{lo}, {hi}] must be finite, increasing and not negative")));
         }

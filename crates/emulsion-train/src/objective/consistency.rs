@@ -266,14 +266,14 @@ mod tests {
 
     #[test]
     fn target_shares_the_students_dropout_mask() {
+        use crate::objective::tests::tiny_unet;
         use crate::TestAutodiffBackend;
-        use emulsion_models::UNetConfig;
         let _rng = crate::lock_backend_rng();
         let device = Default::default();
         <TestAutodiffBackend as Backend>::seed(&device, 10);
         // Dropout is on under autodiff; with both points at the same level, f and its target
         // see the same input, so they agree bit for bit only if the masks do.
-        let net = UNetConfig::new(8, 1).with_model_channels(8).with_channel_mult(vec![1]).with_num_blocks(1).with_attn_resolutions(vec![]).with_dropout(0.5).init::<TestAutodiffBackend>(&device);
+        let net = tiny_unet::<TestAutodiffBackend>(0.5, &device);
         // Burn draws weights lazily, from the same generator: draw them all first.
         crate::trainer::materialize(&net);
         let x0 = Tensor::<TestAutodiffBackend, 4>::random([2, 1, 8, 8], burn::tensor::Distribution::Uniform(-1.0, 1.0), &device);

@@ -85,6 +85,15 @@ mod tests {
         assert_eq!(LossClampWarmup { warmup: 0 }.clamp_at(0), None);
     }
 
+    /// The base's `(c_skip, c_out, weight)` at `s`, by hand, in f64.
+    fn hand_coefficients(base: FdmBase, s: f64) -> (f64, f64, f64) {
+        match base {
+            FdmBase::Edm { sigma_data: sd } => (sd * sd / (s * s + sd * sd), s * sd / (s * s + sd * sd).sqrt(), (s * s + sd * sd) / (s * sd).powi(2)),
+            FdmBase::Vp => (1.0, -s, 1.0 / (s * s)),
+            FdmBase::Ve => (1.0, s, 1.0 / (s * s)),
+        }
+    }
+
     fn objective(base: FdmBase) -> Fdm {
         Fdm { schedule: Schedule::cosine(-10.0, 10.0), base, scale: FdmScale::default(), warmup: LossClampWarmup { warmup: 200 } }
     }
@@ -105,10 +114,7 @@ mod tests {
                 let got: Vec<f32> = o.loss_at(&net, input, Tensor::from_floats(sigmas, &device)).into_data().to_vec().unwrap();
                 for (i, &s) in sigmas.iter().enumerate() {
                     let s = s as f64;
-                    let (c_skip, weight) = match base {
-                        FdmBase::Edm { sigma_data: sd } => (sd * sd / (s * s + sd * sd), (s * s + sd * sd) / (s * sd).powi(2)),
-                        FdmBase::Vp | FdmBase::Ve => (1.0, 1.0 / (s * s)),
-                    };
+                    let (c_skip, _, weight) = hand_coefficients(base, s);
                     let clamp = 5.0 * 100f64.powf(step as f64 / 200.0);
                     let weight = if step < 200 { weight.min(clamp) } else { weight };
                     let mse: f64 = (0..64).map(|k| ((c_skip - 1.0) * x0v[i * 64 + k] as f64 + c_skip * s * ev[i * 64 + k] as f64).powi(2)).sum::<f64>() / 64.0;
@@ -157,10 +163,7 @@ mod tests {
             let want: Vec<f64> = (0..theta.len())
                 .map(|j| {
                     let s = sigmas[j / 64];
-                    let (c_skip, c_out, weight) = match base {
-                        FdmBase::Edm { sigma_data: sd } => (sd * sd / (s * s + sd * sd), s * sd / (s * s + sd * sd).sqrt(), (s * s + sd * sd) / (s * sd).powi(2)),
-                        _ => (1.0, -s, 1.0 / (s * s)),
-                    };
+                    let (c_skip, c_out, weight) = hand_coefficients(base, s);
                     let x = x0v[j] as f64 + s * ev[j] as f64;
                     let denoised = c_skip * x + c_out * theta[j] as f64;
                     2.0 * weight.min(clamp) * c_out * (denoised - x0v[j] as f64) / 64.0

@@ -174,17 +174,23 @@ pub(crate) mod tests {
         assert!((ng - nw).abs() < 1e-3 * nw, "length: {ng} vs {nw}");
     }
 
+    /// A one-channel 8×8 UNet with one level, one block and no attention.
+    pub(crate) fn tiny_unet<B: Backend>(dropout: f64, device: &B::Device) -> UNet<B> {
+        UNetConfig::new(8, 1)
+            .with_model_channels(8)
+            .with_channel_mult(vec![1])
+            .with_num_blocks(1)
+            .with_attn_resolutions(vec![])
+            .with_dropout(dropout)
+            .init::<B>(device)
+    }
+
     /// A one-channel 8×8 UNet, drawn after seeding the backend with `seed` (its output layer
     /// starts at ~0, so `F ≈ 0`), and `n` images in [−1, 1] with their standard normal noise.
     pub(crate) fn untrained_case(seed: u64, n: usize) -> (UNet<TestBackend>, Tensor<TestBackend, 4>, Tensor<TestBackend, 4>) {
         let device = Default::default();
         <TestBackend as Backend>::seed(&device, seed);
-        let net = UNetConfig::new(8, 1)
-            .with_model_channels(8)
-            .with_channel_mult(vec![1])
-            .with_num_blocks(1)
-            .with_attn_resolutions(vec![])
-            .init::<TestBackend>(&device);
+        let net = tiny_unet(0.0, &device);
         let x0 = Tensor::random([n, 1, 8, 8], Distribution::Uniform(-1.0, 1.0), &device);
         let noise = Tensor::random([n, 1, 8, 8], Distribution::Normal(0.0, 1.0), &device);
         (net, x0, noise)

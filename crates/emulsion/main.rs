@@ -4,6 +4,7 @@
 //! device asks for, and calls `emulsion-train`.
 
 mod device;
+mod sweep_runner;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -32,6 +33,49 @@ enum Command {
     /// Measure parts of training and print a table.
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// Fréchet Inception Distance between two image sets, or the statistics of one.
+    Fid(FidArgs),
+    /// Train every combination of a sweep file's grid and seeds, then summarise them.
+    Sweep(SweepArgs),
+}
+
+#[derive(Args)]
+struct FidArgs {
+    /// Image sets: a folder of PNG/JPEG images, a training config (.toml: its training
+    /// images, statistics cached in its run directory) or saved statistics (.npz with mu, sigma).
+    #[arg(required = true, num_args = 1..=2, value_name = "PATH")]
+    paths: Vec<PathBuf>,
+    /// Save the statistics of the first PATH (pytorch-fid's `.npz`: mu, sigma).
+    #[arg(long, value_name = "OUT.npz")]
+    save_stats: Option<PathBuf>,
+    /// Use at most N images of each folder or dataset.
+    #[arg(long, value_name = "N")]
+    limit: Option<usize>,
+    /// Images per Inception batch.
+    #[arg(long, default_value_t = 100)]
+    batch: usize,
+    /// Where the network runs: auto, cpu, ndarray, wgpu or cuda.
+    #[arg(long, default_value = "auto")]
+    device: String,
+    /// The converted Inception weights (made by scripts/fetch_inception.sh).
+    #[arg(long, default_value = emulsion_fid::DEFAULT_WEIGHTS)]
+    weights: PathBuf,
+}
+
+#[derive(Args)]
+struct SweepArgs {
+    /// The sweep file, e.g. configs/sweeps/fmnist_methods.toml.
+    file: PathBuf,
+    /// Devices to run on side by side, comma separated (cuda:0,cuda:1 pins GPUs through
+    /// CUDA_VISIBLE_DEVICES); default: one run at a time on each run's run.device.
+    #[arg(long, value_delimiter = ',')]
+    devices: Vec<String>,
+    /// List the runs and their state, run nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// Only rewrite the summary from the runs' journals.
+    #[arg(long, conflicts_with = "dry_run")]
+    summary_only: bool,
 }
 
 #[derive(Subcommand)]
@@ -161,6 +205,8 @@ fn main() -> ExitCode {
         Command::Sample(args) => sample(args),
         Command::Schedule(command) => schedule(command),
         Command::Bench(BenchCommand::Assign(args)) => bench_assign(args),
+        Command::Fid(args) => fid(args),
+        Command::Sweep(args) => sweep(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -233,6 +279,105 @@ fn sample(args: SampleArgs) -> Result<()> {
     })
     .with_context(|| format!("sampling from {}", args.run_dir.display()))?;
     eprintln!("wrote {}", out.display());
+    Ok(())
+}
+
+fn fid(args: FidArgs) -> Result<()> {
+    anyhow::ensure!(args.batch > 0, "--batch must be at least 1");
+    anyhow::ensure!(args.limit.is_none_or(|n| n >= 2), "--limit must be at least 2 (a covariance needs two images)");
+    anyhow::ensure!(
+        args.paths.len() == 2 || args.save_stats.is_some(),
+        "give two image sets to compare, or one with --save-stats OUT.npz"
+    );
+    let backend = device::resolve(parse_device(&args.device)?)?;
+    let needs_network = args.paths.iter().any(|p| !emulsion_train::fid::is_stats_file(p));
+    if needs_network {
+        eprintln!("device: {}", backend.describe());
+    }
+    let stats = on_backend!(backend, B => {
+        let device = Default::default();
+        let inception = needs_network.then(|| emulsion_fid::InceptionV3::<B>::load(&args.weights, &device)).transpose()?;
+        args.paths
+            .iter()
+            .map(|p| {
+                let loaded = inception.as_ref().map(|net| emulsion_train::fid::LoadedInception { net, weights: &args.weights });
+                emulsion_train::fid::stats_of_path::<B>(p, loaded, args.limit, args.batch, &device)
+                    .with_context(|| format!("statistics of {}", p.display()))
+            })
+            .collect::<Result<Vec<_>>>()?
+    });
+    if let Some(out) = &args.save_stats {
+        stats[0].save_npz(out)?;
+        eprintln!("wrote {} (statistics of {})", out.display(), args.paths[0].display());
+    }
+    if let [a, b] = &stats[..] {
+        let distance = emulsion_fid::frechet_distance(a, b)?;
+        eprintln!("FID {} vs {}:", args.paths[0].display(), args.paths[1].display());
+        println!("{distance:.6}");
+    }
+    Ok(())
+}
+
+fn sweep(args: SweepArgs) -> Result<()> {
+    use emulsion_train::sweep::{run_result, run_status, write_summary, RunStatus, Sweep};
+    let sweep = Sweep::load(&args.file)?;
+    let runs = sweep.configs(&args.file)?;
+    let statuses: Vec<RunStatus> = runs.iter().map(|(_, config)| run_status(config)).collect();
+    let count = |f: fn(&RunStatus) -> bool| statuses.iter().filter(|s| f(s)).count();
+    eprintln!(
+        "sweep {}: {} combinations x {} seeds = {} runs ({} done, {} partial, {} new) in {}",
+        sweep.name,
+        sweep.combinations.len(),
+        sweep.seeds.len(),
+        runs.len(),
+        count(|s| *s == RunStatus::Done),
+        count(|s| matches!(s, RunStatus::Partial(_))),
+        count(|s| *s == RunStatus::New),
+        sweep.root.display()
+    );
+    if args.dry_run {
+        for ((run, _), status) in runs.iter().zip(&statuses) {
+            println!("{:<50} seed {:<4} {status:?}", run.combination, run.seed);
+        }
+        return Ok(());
+    }
+    let mut failures = Vec::new();
+    if !args.summary_only {
+        std::fs::create_dir_all(&sweep.root).with_context(|| format!("creating {}", sweep.root.display()))?;
+        record_sweep_files(&sweep, &args.file)?;
+        let todo: Vec<_> = runs.iter().zip(&statuses).filter(|(_, s)| **s != RunStatus::Done).map(|(r, _)| r.0.clone()).collect();
+        failures = sweep_runner::run_all(&sweep.base, todo, &args.devices)?;
+    }
+    let results: Vec<_> = runs.iter().map(|(run, config)| run_result(run, config, sweep.target_fid)).collect();
+    let summary = write_summary(&sweep.root, &sweep.name, sweep.target_fid, &results)?;
+    print!("{summary}");
+    eprintln!("wrote {}/summary.md, summary.csv and fid.png", sweep.root.display());
+    anyhow::ensure!(failures.is_empty(), "{} run(s) failed: {}", failures.len(), failures.join("; "));
+    Ok(())
+}
+
+/// Keeps copies of the sweep file and its base config in the sweep folder, and warns when they
+/// changed since an earlier start: finished runs keep what they were trained with.
+fn record_sweep_files(sweep: &emulsion_train::sweep::Sweep, file: &std::path::Path) -> Result<()> {
+    for (source, copy) in [(file, "sweep.toml"), (sweep.base.as_path(), "base.toml")] {
+        let text = std::fs::read_to_string(source).with_context(|| format!("reading {}", source.display()))?;
+        let copy = sweep.root.join(copy);
+        match std::fs::read_to_string(&copy) {
+            Ok(old) if old == text => continue,
+            Ok(_) => {
+                let previous = copy.with_extension("toml.previous");
+                std::fs::rename(&copy, &previous).with_context(|| format!("keeping {}", previous.display()))?;
+                eprintln!(
+                    "warning: {} changed since this sweep started (the earlier text is in {}): finished runs are kept, unfinished ones continue with the new settings",
+                    source.display(),
+                    previous.display()
+                );
+            }
+            Err(_) => {}
+        }
+        let tmp = copy.with_extension("toml.tmp");
+        std::fs::write(&tmp, text).and_then(|()| std::fs::rename(&tmp, &copy)).with_context(|| format!("writing {}", copy.display()))?;
+    }
     Ok(())
 }
 

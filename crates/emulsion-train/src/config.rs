@@ -32,6 +32,8 @@ pub struct Config {
     pub train: TrainConfig,
     #[serde(default)]
     pub sample: SampleConfig,
+    #[serde(default)]
+    pub eval: EvalConfig,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -658,6 +660,56 @@ pub enum SamplerKind {
     Consistency,
 }
 
+/// FID during training: every `fid_every` steps (and at the last), `fid_samples` images from
+/// the EMA weights against the statistics of the training images.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EvalConfig {
+    /// Steps between FID evaluations; 0 turns FID off.
+    pub fid_every: usize,
+    /// Generated images per FID (50,000 is the number papers report).
+    pub fid_samples: usize,
+    /// Sampler of the FID images; default: `sample.sampler`.
+    pub sampler: Option<SamplerKind>,
+    /// Noise levels of the FID sampler; default: `sample.steps`.
+    pub steps: Option<usize>,
+    /// Training images in the reference statistics; 0: all of them.
+    pub fid_reference: usize,
+    /// Images per sampling and Inception batch.
+    pub fid_batch: usize,
+    /// The converted Inception weights (`scripts/fetch_inception.sh`).
+    pub inception: PathBuf,
+    /// Folder of the cached reference statistics; default: the run directory. Runs that share
+    /// it (a sweep's) compute them once.
+    pub fid_cache: Option<PathBuf>,
+}
+
+impl Default for EvalConfig {
+    fn default() -> Self {
+        Self {
+            fid_every: 0,
+            fid_samples: 10_000,
+            sampler: None,
+            steps: None,
+            fid_reference: 0,
+            fid_batch: 250,
+            inception: emulsion_fid::DEFAULT_WEIGHTS.into(),
+            fid_cache: None,
+        }
+    }
+}
+
+impl Config {
+    /// The sampling options of the FID images: `[sample]` with `eval.sampler` and `eval.steps`.
+    pub fn fid_sampling(&self) -> SampleConfig {
+        SampleConfig {
+            sampler: self.eval.sampler.unwrap_or(self.sample.sampler),
+            steps: self.eval.steps.unwrap_or(self.sample.steps),
+            ..self.sample.clone()
+        }
+    }
+}
+
 /// A configuration error, located as precisely as possible.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -779,13 +831,29 @@ impl Config {
         }
         self.diffusion.validate()?;
         let consistency_model = self.diffusion.objective == ObjectiveKind::Ct;
-        if consistency_model != (self.sample.sampler == SamplerKind::Consistency) {
-            let why = if consistency_model {
-                "a consistency model (`diffusion.objective = \"ct\"`) samples with `consistency`: it maps any noise level straight to data, so it is no denoiser for an ODE or SDE solver"
-            } else {
-                "`consistency` needs a consistency model (`diffusion.objective = \"ct\"`); this objective trains a denoiser"
-            };
-            return Err(("sample.sampler".into(), why.into()));
+        let fid_sampler = self.eval.sampler.map(|s| ("eval.sampler", s));
+        for (key, sampler) in std::iter::once(("sample.sampler", self.sample.sampler)).chain(fid_sampler) {
+            if consistency_model != (sampler == SamplerKind::Consistency) {
+                let why = if consistency_model {
+                    "a consistency model (`diffusion.objective = \"ct\"`) samples with `consistency`: it maps any noise level straight to data, so it is no denoiser for an ODE or SDE solver"
+                } else {
+                    "`consistency` needs a consistency model (`diffusion.objective = \"ct\"`); this objective trains a denoiser"
+                };
+                return Err((key.into(), why.into()));
+            }
+        }
+        let e = &self.eval;
+        if e.fid_every > 0 {
+            if e.fid_samples < 2 {
+                return Err(("eval.fid_samples".into(), format!("a covariance needs at least 2 images, got {}", e.fid_samples)));
+            }
+            if e.fid_reference == 1 {
+                return Err(("eval.fid_reference".into(), "a covariance needs at least 2 images (0 takes them all)".into()));
+            }
+            positive("eval.fid_batch", e.fid_batch)?;
+        }
+        if e.steps == Some(0) {
+            return Err(("eval.steps".into(), "must be at least 1".into()));
         }
         self.assignment.validate().map_err(|(key, problem)| (format!("assignment.{key}"), problem))?;
         let t = &self.train;

@@ -8,11 +8,14 @@
 //! - [`strategy`]: the step-based learning strategy.
 //! - [`sampling`]: samplers, one function each.
 //! - [`checkpoint`]: atomic, resumable checkpoints.
+//! - [`fid`]: FID of datasets, image folders and samples; FID during training.
+//! - [`sweep`]: grids of runs and their summary.
 //! - [`run`]: a run end to end.
 
 pub mod checkpoint;
 pub mod config;
 pub mod data;
+pub mod fid;
 pub mod grid;
 pub mod metrics;
 pub mod monitor;
@@ -23,6 +26,7 @@ pub mod schedule_report;
 pub mod sampling;
 pub mod seeds;
 pub mod strategy;
+pub mod sweep;
 pub mod trainer;
 
 use std::path::PathBuf;
@@ -40,6 +44,8 @@ pub enum TrainError {
     Data(#[from] data::DataError),
     #[error(transparent)]
     Checkpoint(#[from] checkpoint::CheckpointError),
+    #[error(transparent)]
+    Fid(#[from] emulsion_fid::FidError),
     #[error("`{key}`: {message}")]
     Invalid { key: &'static str, message: String },
     #[error("{}: {source}", path.display())]

@@ -121,7 +121,8 @@ impl TrainingMonitor {
             assign_ms: self.assign_ms.take(),
         };
         if let Some(journal) = &mut self.journal {
-            let written = serde_json::to_string(&line).map_err(std::io::Error::other).and_then(|l| writeln!(journal, "{l}"));
+            // One write per line: FID lines are appended to the same file from another thread.
+            let written = serde_json::to_string(&line).map_err(std::io::Error::other).and_then(|l| journal.write_all(format!("{l}\n").as_bytes()));
             if let Err(e) = written {
                 tracing::warn!("cannot write {}: {e}; metrics are no longer recorded", self.config.journal.display());
                 self.journal = None;
@@ -224,56 +225,79 @@ pub fn read_journal(path: &Path) -> std::io::Result<Vec<MetricsLine>> {
     Ok(reader.lines().map_while(Result::ok).filter_map(|l| serde_json::from_str(&l).ok()).collect())
 }
 
-/// Keeps the journal lines up to `step` (resuming from a checkpoint at `step`).
+/// Keeps the journal lines (training and FID) up to `step` (resuming from a checkpoint at `step`).
 pub fn truncate_journal(path: &Path, step: u64) -> std::io::Result<()> {
-    let kept: Vec<MetricsLine> = read_journal(path)?.into_iter().filter(|l| l.step <= step).collect();
-    let mut text = String::new();
-    for line in &kept {
-        text.push_str(&serde_json::to_string(line).map_err(std::io::Error::other)?);
-        text.push('\n');
+    #[derive(Deserialize)]
+    struct Step {
+        step: u64,
     }
+    let text = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    let kept: String = text
+        .lines()
+        .filter(|l| serde_json::from_str::<Step>(l).is_ok_and(|s| s.step <= step))
+        .map(|l| format!("{l}\n"))
+        .collect();
     let tmp = path.with_extension("jsonl.tmp");
-    std::fs::write(&tmp, text)?;
+    std::fs::write(&tmp, kept)?;
     std::fs::rename(tmp, path)
 }
 
 /// Draws the loss of each journal line against its step, on a log scale.
 pub fn plot_loss_curve(journal: &Path, out: &Path) -> Result<(), String> {
-    use plotters::prelude::*;
-    register_font();
     let points: Vec<(f64, f64)> = read_journal(journal)
         .map_err(|e| e.to_string())?
         .into_iter()
         .filter(|l| l.loss.is_finite() && l.loss > 0.0)
         .map(|l| (l.step as f64, l.loss))
         .collect();
-    if points.is_empty() {
+    plot_curves(&[("loss".to_string(), points)], "training loss", "loss", true, out)
+}
+
+/// Draws named `(step, value)` series on one chart (a legend when there are several), atomically.
+pub fn plot_curves(series: &[(String, Vec<(f64, f64)>)], caption: &str, y_desc: &str, log_y: bool, out: &Path) -> Result<(), String> {
+    use plotters::prelude::*;
+    register_font();
+    let all = || series.iter().flat_map(|(_, points)| points.iter()).filter(|p| p.1.is_finite() && (!log_y || p.1 > 0.0));
+    if all().next().is_none() {
         return Ok(());
     }
-    let (x_max, (y_min, y_max)) = (
-        points.iter().map(|p| p.0).fold(1.0, f64::max),
-        points.iter().fold((f64::INFINITY, 0.0f64), |(lo, hi), p| (lo.min(p.1), hi.max(p.1))),
-    );
+    let x_max = all().map(|p| p.0).fold(1.0, f64::max);
+    let (y_min, y_max) = all().fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), p| (lo.min(p.1), hi.max(p.1)));
+    let (y_lo, y_hi) = if log_y { (y_min * 0.9, y_max * 1.1) } else { (y_min.min(0.0), y_max * 1.05 + 1e-9) };
     // plotters picks the image format from the extension, so the temporary name ends in .png.
     let tmp = out.with_extension("tmp.png");
     {
         let root = BitMapBackend::new(&tmp, (800, 500)).into_drawing_area();
         root.fill(&WHITE).map_err(|e| e.to_string())?;
-        let mut chart = ChartBuilder::on(&root)
-            .caption("training loss", ("sans-serif", 22))
-            .margin(12)
-            .x_label_area_size(40)
-            .y_label_area_size(70)
-            .build_cartesian_2d(0f64..x_max, (y_min * 0.9..y_max * 1.1).log_scale())
-            .map_err(|e| e.to_string())?;
-        chart
-            .configure_mesh()
-            .x_desc("step")
-            .y_desc("loss")
-            .y_label_formatter(&|v| format!("{v:.3}"))
-            .draw()
-            .map_err(|e| e.to_string())?;
-        chart.draw_series(LineSeries::new(points, &BLUE)).map_err(|e| e.to_string())?;
+        let mut builder = ChartBuilder::on(&root);
+        builder.caption(caption, ("sans-serif", 22)).margin(12).x_label_area_size(40).y_label_area_size(70);
+        macro_rules! draw {
+            ($chart:expr) => {{
+                let mut chart = $chart.map_err(|e| e.to_string())?;
+                chart.configure_mesh().x_desc("step").y_desc(y_desc).y_label_formatter(&|v| format!("{v:.3}")).draw().map_err(|e| e.to_string())?;
+                for (i, (name, points)) in series.iter().enumerate() {
+                    let color = Palette99::pick(i).to_rgba();
+                    let points: Vec<(f64, f64)> = points.iter().copied().filter(|p| p.1.is_finite() && (!log_y || p.1 > 0.0)).collect();
+                    chart
+                        .draw_series(LineSeries::new(points, color.stroke_width(2)))
+                        .map_err(|e| e.to_string())?
+                        .label(name.as_str())
+                        .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], color));
+                }
+                if series.len() > 1 {
+                    chart.configure_series_labels().background_style(WHITE.mix(0.8)).border_style(BLACK).draw().map_err(|e| e.to_string())?;
+                }
+            }};
+        }
+        if log_y {
+            draw!(builder.build_cartesian_2d(0f64..x_max, (y_lo..y_hi).log_scale()));
+        } else {
+            draw!(builder.build_cartesian_2d(0f64..x_max, y_lo..y_hi));
+        }
         root.present().map_err(|e| e.to_string())?;
     }
     std::fs::rename(&tmp, out).map_err(|e| e.to_string())

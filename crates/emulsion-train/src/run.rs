@@ -7,6 +7,8 @@
 //!   unet.json       the network's shape (dataset facts included)
 //!   metrics.jsonl   step, loss, lr, images/s, wall time, mean assigned distance, assignment ms
 //!   loss.png        the loss curve
+//!   fid.png         FID against step, when `eval.fid_every > 0` (FID lines are in metrics.jsonl)
+//!   fid-reference-<key>.npz  the training images' Inception statistics, computed once
 //!   samples/        step-00005000.png, …
 //!   checkpoints/    step-00005000/{model,optimizer,scheduler}.mpk, state.json, config.toml, unet.json
 //! ```
@@ -14,7 +16,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use burn::module::Module;
+use burn::module::{AutodiffModule, Module};
 use burn::optim::AdamWConfig;
 use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
@@ -29,6 +31,7 @@ use emulsion_models::UNetConfig;
 use crate::checkpoint::{self, Checkpoint, CheckpointError, CheckpointStore, MODEL, OPTIMIZER, SCHEDULER};
 use crate::config::{Config, SampleConfig, SamplerKind};
 use crate::data::{self, DataOrder, StepLoader};
+use crate::fid::{fid_due, read_fid_lines, FidPlan};
 use crate::grid::{grid_columns, save_grid};
 use crate::monitor::{truncate_journal, MonitorConfig, TrainingMonitor};
 use crate::objective::Objective;
@@ -62,6 +65,9 @@ impl RunDir {
     }
     pub fn loss_curve(&self) -> PathBuf {
         self.root.join("loss.png")
+    }
+    pub fn fid_curve(&self) -> PathBuf {
+        self.root.join("fid.png")
     }
 }
 
@@ -185,6 +191,19 @@ where
     truncate_journal(&journal, start_step).map_err(|source| TrainError::Io { path: journal.clone(), source })?;
     let total_steps = t.steps as u64;
     let mut report = TrainReport { run_dir: run.root.clone(), num_params, start_step, last_step: start_step, last_checkpoint: resume_from.map(|c| c.dir), last_samples: None };
+    // A run stopped between a checkpoint and its FID (or resumed once complete without its
+    // last FID) evaluates that checkpoint first, so no FID step goes missing.
+    let every = config.eval.fid_every as u64;
+    let catch_up = start_step > 0 && fid_due(every, start_step, total_steps) && !read_fid_lines(&journal).unwrap_or_default().iter().any(|l| l.step == start_step);
+    let fid = if every > 0 && (start_step < total_steps || catch_up) {
+        let cache = config.eval.fid_cache.clone().unwrap_or_else(|| run.root.clone());
+        Some(FidPlan::prepare(config, journal.clone(), run.fid_curve(), &cache, device)?)
+    } else {
+        None
+    };
+    if let (true, Some(fid)) = (catch_up, &fid) {
+        fid.evaluate(&learner.model().ema.valid(), recipe_precond, &schedule, [images.channels, images.size], start_step, device)?;
+    }
     if start_step >= total_steps {
         eprintln!("the run is already complete at step {start_step} (train.steps = {total_steps})");
         return Ok(report);
@@ -225,6 +244,7 @@ where
             schedule,
             shape: [images.channels, images.size],
         },
+        fid,
         store: Arc::new(CheckpointStore::open(&run.checkpoints(), t.keep_checkpoints)?),
         outcome: outcome.clone(),
     };
@@ -345,7 +365,7 @@ pub fn sample<B: Backend>(path: &Path, request: &SampleRequest, device: &B::Devi
     };
     let requested = Config { sample: options.clone(), ..config.clone() };
     requested.validate().map_err(|(key, message)| TrainError::RunDir(format!("this run cannot be sampled so: `{key}`: {message}")))?;
-    let images = sampling::generate(&trainer.ema, precond, &schedule, &options, request.n, [unet.in_channels, unet.image_size], device);
+    let images = sampling::generate(&trainer.ema, precond, &schedule, &options, 0..request.n, [unet.in_channels, unet.image_size], device);
     save_grid(images, grid_columns(request.n, unet.num_classes), &request.out)
         .map_err(|source| TrainError::Io { path: request.out.clone(), source })?;
     Ok(request.out.clone())

@@ -20,6 +20,8 @@ pub enum Stream {
     MicroBatch = 6,
     /// A training step's noise, drawn for the whole batch before it is assigned and split.
     Noise = 7,
+    /// The sampling noise of each batch of FID images.
+    Fid = 8,
 }
 
 /// A 64-bit seed for draw `counter` of `stream`.
@@ -43,7 +45,7 @@ mod tests {
     fn seeds_differ_across_streams_counters_and_runs() {
         let mut seen = std::collections::HashSet::new();
         for seed in 0..4 {
-            for stream in [Stream::DataOrder, Stream::Flips, Stream::Step, Stream::Init, Stream::Sample, Stream::MicroBatch, Stream::Noise] {
+            for stream in [Stream::DataOrder, Stream::Flips, Stream::Step, Stream::Init, Stream::Sample, Stream::MicroBatch, Stream::Noise, Stream::Fid] {
                 for counter in 0..50 {
                     assert!(seen.insert(derive(seed, stream, counter)));
                 }

@@ -23,6 +23,7 @@ use emulsion_schedule::Schedule;
 use crate::checkpoint::{CheckpointStore, SaveWhenAsked, StagedPart, TrainState, MODEL, OPTIMIZER, SCHEDULER};
 use crate::config::SampleConfig;
 use crate::data::DataOrder;
+use crate::fid::{fid_due, FidPlan};
 use crate::grid::{grid_columns, save_grid};
 use crate::optim::WarmupLr;
 use crate::sampling;
@@ -73,6 +74,8 @@ pub struct StepStrategy<B: AutodiffBackend> {
     pub device: B::Device,
     pub plan: StepPlan,
     pub samples: SamplePlan,
+    /// FID every `fid.every` steps and at the end, when `eval.fid_every > 0`.
+    pub fid: Option<FidPlan<B::InnerBackend>>,
     pub store: Arc<CheckpointStore>,
     pub outcome: Arc<Mutex<Outcome>>,
 }
@@ -110,11 +113,16 @@ where
     fn sample(&self, model: &Trainer<B>, step: u64) -> Result<PathBuf, TrainError> {
         let ema = model.ema.valid();
         let s = &self.samples;
-        let images = sampling::generate(&ema, s.precond, &s.schedule, &s.options, s.options.n, s.shape, &self.device);
+        let images = sampling::generate(&ema, s.precond, &s.schedule, &s.options, 0..s.options.n, s.shape, &self.device);
         let path = s.dir.join(format!("step-{step:08}.png"));
         save_grid(images, grid_columns(s.options.n, ema.num_classes()), &path)
             .map_err(|source| TrainError::Io { path: path.clone(), source })?;
         Ok(path)
+    }
+
+    fn evaluate_fid(&self, fid: &FidPlan<B::InnerBackend>, model: &Trainer<B>, step: u64) -> Result<f64, TrainError> {
+        let s = &self.samples;
+        fid.evaluate(&model.ema.valid(), s.precond, &s.schedule, s.shape, step, &self.device)
     }
 }
 
@@ -165,6 +173,11 @@ where
                 result = self
                     .sample(&learner.model(), step)
                     .map(|path| self.outcome.lock().expect("not poisoned").last_samples = Some(path));
+            }
+            if let (Ok(()), Some(fid)) = (&result, &self.fid) {
+                if fid_due(fid.every, step, plan.total_steps) {
+                    result = self.evaluate_fid(fid, &learner.model(), step).map(|_| ());
+                }
             }
             let mut outcome = self.outcome.lock().expect("not poisoned");
             outcome.last_step = step;

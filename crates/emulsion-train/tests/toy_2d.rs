@@ -54,7 +54,7 @@ fn samples(net: &Mlp<B>, objective: &Objective, sampler: SamplerKind, steps: usi
     // their D = x ∓ s F multiplies an error of F by s.
     let clip_denoised = matches!(objective, Objective::Vp(_) | Objective::Fdm(Fdm { base: FdmBase::Vp | FdmBase::Ve, .. }));
     let options = SampleConfig { sampler, steps, n: SAMPLES, clip_denoised, spacing: Spacing::Karras, seed: 3, ..Default::default() };
-    generate(net, objective.precond(), objective.schedule(), &options, SAMPLES, [2, 1], &Default::default()).into_data().to_vec().unwrap()
+    generate(net, objective.precond(), objective.schedule(), &options, 0..SAMPLES, [2, 1], &Default::default()).into_data().to_vec().unwrap()
 }
 
 /// Trains from a fixed initialisation and returns the distances to fresh data of the untrained

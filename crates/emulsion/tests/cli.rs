@@ -357,3 +357,136 @@ fn image_dimensions(path: &Path) -> (u32, u32) {
     let be = |i: usize| u32::from_be_bytes(bytes[i..i + 4].try_into().unwrap());
     (be(16), be(20))
 }
+
+/// The Inception weights: `EMULSION_INCEPTION`, or where scripts/fetch_inception.sh puts them.
+fn inception_weights() -> String {
+    std::env::var("EMULSION_INCEPTION")
+        .unwrap_or_else(|_| repo().join("datasets/inception/inception-2015-12-05.safetensors").display().to_string())
+}
+
+/// `n` 28x28 grayscale PNGs of a bright square whose size and place depend on `shift`.
+fn png_folder(dir: &Path, n: u32, shift: u32) {
+    std::fs::create_dir_all(dir).unwrap();
+    for i in 0..n {
+        let image = image::GrayImage::from_fn(28, 28, |x, y| {
+            let inside = (x + i) % 28 > 6 + shift && (y + 2 * i) % 28 > 8 && x < 20 + shift;
+            image::Luma([if inside { 230 } else { (x * 3 + y) as u8 }])
+        });
+        image.save(dir.join(format!("{i:03}.png"))).unwrap();
+    }
+}
+
+#[test]
+fn fid_compares_folders_configs_and_saved_statistics() {
+    let out = tempdir("fid");
+    let (a, b) = (out.join("a"), out.join("b"));
+    png_folder(&a, 6, 0);
+    png_folder(&b, 6, 5);
+    let weights = inception_weights();
+    let fid = |args: &[&str]| {
+        let mut all = vec!["fid", "--device", "cpu", "--batch", "4", "--weights", &weights];
+        all.extend_from_slice(args);
+        emulsion(&all)
+    };
+    let value = |output: Output| -> f64 { String::from_utf8_lossy(&ok(output).stdout).trim().parse().unwrap() };
+    let stats = out.join("a.npz");
+    ok(fid(&[a.to_str().unwrap(), "--save-stats", stats.to_str().unwrap()]));
+    // Saved statistics against the folder they came from: 0.
+    let same = value(fid(&[stats.to_str().unwrap(), a.to_str().unwrap()]));
+    assert!(same.abs() < 1e-6, "FID(a, a) = {same}");
+    let apart = value(fid(&[a.to_str().unwrap(), b.to_str().unwrap()]));
+    assert!(apart > 1.0, "FID(a, b) = {apart}");
+    let back = value(fid(&[b.to_str().unwrap(), stats.to_str().unwrap()]));
+    assert!((back - apart).abs() < 1e-6 * apart, "symmetric: {back} vs {apart}");
+
+    // A training config: its images' statistics, cached in its run directory.
+    let config = out.join("ref.toml");
+    let text = std::fs::read_to_string(repo().join("configs/quickstart.toml")).unwrap();
+    std::fs::write(&config, text.replace("\"runs\"", &format!("{:?}", out.display().to_string())).replace("\"quickstart\"", "\"ref\"")).unwrap();
+    ok(fid(&[config.to_str().unwrap(), a.to_str().unwrap(), "--limit", "5"]));
+    let cached: Vec<_> = std::fs::read_dir(out.join("ref")).unwrap().flatten().filter(|e| e.file_name().to_string_lossy().starts_with("fid-reference-")).collect();
+    assert_eq!(cached.len(), 1, "one cached reference");
+    let again = ok(fid(&[config.to_str().unwrap(), a.to_str().unwrap(), "--limit", "5"]));
+    assert!(stderr(&again).contains("FID reference statistics: "), "the cache is read:\n{}", stderr(&again));
+
+    fails_with(fid(&[a.to_str().unwrap()]), &["--save-stats"]);
+    fails_with(fid(&[a.to_str().unwrap(), "no/such/folder"]), &["no/such/folder"]);
+    std::fs::write(out.join("bad.npz"), b"not a zip").unwrap();
+    fails_with(fid(&[out.join("bad.npz").to_str().unwrap(), stats.to_str().unwrap()]), &["bad.npz", "zip"]);
+    fails_with(emulsion(&["fid", "--device", "cpu", "--weights", "missing.safetensors", a.to_str().unwrap(), b.to_str().unwrap()]), &["missing.safetensors", "fetch_inception.sh"]);
+}
+
+#[test]
+fn sweeps_run_every_combination_resume_and_summarise() {
+    let out = tempdir("sweep");
+    let base = out.join("base.toml");
+    let text = std::fs::read_to_string(repo().join("configs/quickstart.toml")).unwrap().replace("\"datasets/fashion-mnist\"", &format!("{:?}", repo().join("datasets/fashion-mnist").display().to_string()));
+    std::fs::write(&base, text).unwrap();
+    let mut set: String = tiny(&out, "unused")
+        .iter()
+        .filter(|s| !s.starts_with("run."))
+        .map(|s| {
+            let (k, v) = s.split_once('=').unwrap();
+            format!("\"{k}\" = {}\n", if v.starts_with('[') || v.parse::<f64>().is_ok() { v.to_string() } else { format!("{v:?}") })
+        })
+        .collect();
+    set.push_str(&format!("\"eval.fid_every\" = 2\n\"eval.fid_samples\" = 4\n\"eval.fid_reference\" = 4\n\"eval.fid_batch\" = 4\n\"eval.inception\" = {:?}\n\"run.device\" = \"cpu\"\n", inception_weights()));
+    let sweep = out.join("tiny.toml");
+    std::fs::write(
+        &sweep,
+        format!("base = \"base.toml\"\nout_dir = {:?}\nseeds = [0]\ntarget_fid = 1e9\n[set]\n{set}[grid]\n\"assignment.method\" = [\"none\", \"lsa\"]\n", out.display().to_string()),
+    )
+    .unwrap();
+    let run = |args: &[&str]| {
+        let mut all = vec!["sweep", sweep.to_str().unwrap()];
+        all.extend_from_slice(args);
+        emulsion(&all)
+    };
+    let first = ok(run(&[]));
+    assert!(stderr(&first).contains("2 runs (0 done, 0 partial, 2 new)"), "{}", stderr(&first));
+    let root = out.join("tiny");
+    for combination in ["method-none", "method-lsa"] {
+        let journal = std::fs::read_to_string(root.join(combination).join("seed-0/metrics.jsonl")).unwrap();
+        assert_eq!(journal.lines().filter(|l| l.contains("\"fid\"")).count(), 2, "{combination}: FID at steps 2 and 4");
+    }
+    assert_eq!(std::fs::read_dir(&root).unwrap().flatten().filter(|e| e.file_name().to_string_lossy().starts_with("fid-reference-")).count(), 1, "one shared reference");
+    let summary = std::fs::read_to_string(root.join("summary.md")).unwrap();
+    assert!(summary.contains("| method-none | 1/1 |") && summary.contains("| method-lsa | 1/1 |") && summary.contains("FID@2") && summary.contains("FID@4"), "{summary}");
+    assert!(summary.contains("2 (1/1)"), "the huge target is reached at the first evaluation:\n{summary}");
+    assert_eq!(std::fs::read_to_string(root.join("summary.csv")).unwrap().lines().count(), 3);
+    assert!(root.join("fid.png").is_file());
+
+    // Interrupted: one run loses its last checkpoint and the journal lines after step 2.
+    let lsa = root.join("method-lsa/seed-0");
+    std::fs::remove_dir_all(lsa.join("checkpoints/step-00000004")).unwrap();
+    let finished = root.join("method-none/seed-0/metrics.jsonl");
+    let untouched = std::fs::read_to_string(&finished).unwrap();
+    let second = ok(run(&[]));
+    assert!(stderr(&second).contains("(1 done, 1 partial, 0 new)"), "{}", stderr(&second));
+    assert!(stderr(&second).contains("resuming from"), "{}", stderr(&second));
+    assert_eq!(std::fs::read_to_string(&finished).unwrap(), untouched, "a finished run is not run again");
+    assert_eq!(newest_step(&lsa.join("checkpoints")), Some(4));
+    let fid_steps: Vec<u64> = std::fs::read_to_string(lsa.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|l| l.get("fid").is_some())
+        .map(|l| l["step"].as_u64().unwrap())
+        .collect();
+    assert_eq!(fid_steps, vec![2, 4], "the resumed run re-evaluates step 4 once");
+    let third = ok(run(&["--dry-run"]));
+    assert!(stderr(&third).contains("(2 done, 0 partial, 0 new)"));
+
+    // Killed after its last checkpoint but before its last FID: not done; resuming evaluates it.
+    let journal = std::fs::read_to_string(&finished).unwrap();
+    let without_last_fid: String = journal.lines().filter(|l| !(l.contains("\"fid\"") && l.contains("\"step\":4"))).map(|l| format!("{l}\n")).collect();
+    assert_ne!(journal, without_last_fid);
+    std::fs::write(&finished, without_last_fid).unwrap();
+    let fourth = ok(run(&[]));
+    assert!(stderr(&fourth).contains("(1 done, 1 partial, 0 new)"), "{}", stderr(&fourth));
+    assert!(stderr(&fourth).contains("step 4: FID"), "{}", stderr(&fourth));
+    assert_eq!(std::fs::read_to_string(&finished).unwrap().lines().filter(|l| l.contains("\"fid\"")).count(), 2);
+
+    std::fs::write(&sweep, "base = \"base.toml\"\n[grid]\n\"run.seed\" = [1, 2]\n").unwrap();
+    fails_with(run(&[]), &["tiny.toml", "run.seed", "seeds"]);
+}

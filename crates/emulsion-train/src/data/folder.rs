@@ -35,7 +35,8 @@ pub fn load(path: &Path, channels: usize, size: usize) -> Result<ImageSet, DataE
     Ok(ImageSet { pixels, labels: None, num_classes: 0, channels, size })
 }
 
-fn collect(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), DataError> {
+/// Every PNG and JPEG file under `dir`, recursively (unsorted).
+pub(crate) fn collect(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), DataError> {
     let io = |source| DataError::Io { path: dir.to_path_buf(), source };
     for entry in std::fs::read_dir(dir).map_err(io)? {
         let path = entry.map_err(io)?.path();

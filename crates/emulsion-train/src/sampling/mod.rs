@@ -71,26 +71,28 @@ impl<B: Backend, N: Network<B>> Denoise<B> for NetDenoiser<'_, B, N> {
     }
 }
 
-/// Class labels of a sample grid: `i mod num_classes`, so each grid column is one class when
-/// the grid has `num_classes` columns.
-pub fn grid_labels<B: Backend>(n: usize, num_classes: usize, device: &B::Device) -> Option<Tensor<B, 1, Int>> {
+/// Class labels of images `images`: `i mod num_classes`, so each grid column is one class when
+/// the grid has `num_classes` columns, and batches of a longer series continue the cycle.
+pub fn grid_labels<B: Backend>(images: std::ops::Range<usize>, num_classes: usize, device: &B::Device) -> Option<Tensor<B, 1, Int>> {
     (num_classes > 0).then(|| {
-        let labels: Vec<i64> = (0..n).map(|i| (i % num_classes) as i64).collect();
+        let n = images.len();
+        let labels: Vec<i64> = images.map(|i| (i % num_classes) as i64).collect();
         Tensor::from_data(burn::tensor::TensorData::new(labels, [n]), device)
     })
 }
 
-/// Generates `n` images of shape `[channels, size, size]` with the configured sampler,
-/// from noise fixed by `options.seed`.
+/// Generates images `images` (their indices set the class labels, see [`grid_labels`]) of shape
+/// `[channels, size, size]` with the configured sampler, from noise fixed by `options.seed`.
 pub fn generate<B: Backend, N: Network<B>>(
     net: &N,
     precond: Precond,
     schedule: &Schedule,
     options: &SampleConfig,
-    n: usize,
+    images: std::ops::Range<usize>,
     [channels, size]: [usize; 2],
     device: &B::Device,
 ) -> Tensor<B, 4> {
+    let n = images.len();
     let sigmas = match options.sampler {
         // A consistency model is the identity at s_min: `steps` levels above it, then 0.
         SamplerKind::Consistency => {
@@ -106,7 +108,7 @@ pub fn generate<B: Backend, N: Network<B>>(
     let denoiser = NetDenoiser {
         net,
         precond,
-        labels: grid_labels(n, net.num_classes(), device),
+        labels: grid_labels(images, net.num_classes(), device),
         guidance: options.guidance,
         clip_denoised: options.clip_denoised,
     };
@@ -262,7 +264,7 @@ pub(crate) mod tests {
         let schedule = Schedule::cosine(-10.0, 10.0);
         let extreme = |clip_denoised| {
             let options = SampleConfig { steps: 4, clip_denoised, ..SampleConfig::default() };
-            let x = generate(&net, Precond::Vp, &schedule, &options, 3, [1, 4], &device);
+            let x = generate(&net, Precond::Vp, &schedule, &options, 0..3, [1, 4], &device);
             x.abs().max().into_scalar() as f64
         };
         assert!(extreme(true) <= 1.0);

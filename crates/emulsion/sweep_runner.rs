@@ -1,0 +1,83 @@
+//! Running a sweep's training runs as child processes of this binary: one at a time, or one
+//! per device side by side. Each run resumes from its newest checkpoint, so a sweep stopped
+//! half-way continues where each run stopped.
+
+use std::collections::VecDeque;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use emulsion_train::sweep::SweepRun;
+
+/// A run that fails sooner than this did not start: its device slot takes no more runs.
+const START_FAILURE: Duration = Duration::from_secs(30);
+
+/// Runs `runs`, on `devices` side by side when given; returns a line for each failed run.
+pub fn run_all(base: &Path, runs: Vec<SweepRun>, devices: &[String]) -> Result<Vec<String>> {
+    let devices: Vec<String> = devices.iter().map(|d| d.trim().to_string()).collect();
+    for device in &devices {
+        let (name, index) = device.split_once(':').unwrap_or((device, ""));
+        anyhow::ensure!(
+            ["auto", "cpu", "ndarray", "wgpu", "cuda"].contains(&name),
+            "--devices: `{device}` is not a device (auto, cpu, ndarray, wgpu, cuda or cuda:N)"
+        );
+        anyhow::ensure!(index.is_empty() || (name == "cuda" && index.parse::<u32>().is_ok()), "--devices: `{device}`: only cuda takes a device index, cuda:N");
+    }
+    let exe = std::env::current_exe().context("locating the emulsion binary")?;
+    let total = runs.len();
+    let queue = Mutex::new(runs.into_iter().enumerate().collect::<VecDeque<_>>());
+    let failures = Mutex::new(Vec::new());
+    let side_by_side = devices.len() > 1;
+    let slots: Vec<Option<&str>> = if devices.is_empty() { vec![None] } else { devices.iter().map(|d| Some(d.as_str())).collect() };
+    std::thread::scope(|scope| {
+        for device in slots {
+            let (queue, failures, exe) = (&queue, &failures, &exe);
+            scope.spawn(move || loop {
+                let Some((index, run)) = queue.lock().expect("not poisoned").pop_front() else { break };
+                let on = device.map(|d| format!(" on {d}")).unwrap_or_default();
+                eprintln!("[{}/{total}] {} seed {}{on}", index + 1, run.combination, run.seed);
+                let started = Instant::now();
+                if let Err(e) = train_one(exe, base, &run, device, side_by_side) {
+                    eprintln!("[{}/{total}] {} seed {} failed: {e:#}", index + 1, run.combination, run.seed);
+                    failures.lock().expect("not poisoned").push(format!("{} seed {}: {e:#}", run.combination, run.seed));
+                    if side_by_side && started.elapsed() < START_FAILURE {
+                        eprintln!("{on}: a run failed to start there; it takes no more runs");
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    Ok(failures.into_inner().expect("not poisoned"))
+}
+
+/// `emulsion train BASE --set … --resume [--device D]`; output goes to `<run>/train.log` when
+/// runs share the terminal.
+fn train_one(exe: &Path, base: &Path, run: &SweepRun, device: Option<&str>, to_log: bool) -> Result<()> {
+    let mut command = Command::new(exe);
+    command.arg("train").arg(base).arg("--resume");
+    for o in &run.overrides {
+        command.arg("--set").arg(o);
+    }
+    match device.map(|d| d.split_once(':').unwrap_or((d, ""))) {
+        Some(("cuda", index)) if !index.is_empty() => {
+            command.env("CUDA_VISIBLE_DEVICES", index).arg("--device").arg("cuda");
+        }
+        Some((name, "")) => {
+            command.arg("--device").arg(name);
+        }
+        Some((name, index)) => anyhow::bail!("--devices {name}:{index}: only cuda takes a device index"),
+        None => {}
+    }
+    if to_log {
+        std::fs::create_dir_all(&run.run_dir).with_context(|| format!("creating {}", run.run_dir.display()))?;
+        let log = run.run_dir.join("train.log");
+        let file = std::fs::OpenOptions::new().create(true).append(true).open(&log).with_context(|| format!("opening {}", log.display()))?;
+        command.stdout(Stdio::from(file.try_clone()?)).stderr(Stdio::from(file));
+    }
+    let status = command.status().context("starting emulsion train")?;
+    anyhow::ensure!(status.success(), "emulsion train exited with {status}");
+    Ok(())
+}

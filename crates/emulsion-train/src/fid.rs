@@ -123,10 +123,9 @@ pub fn sample_stats<B: Backend, N: Network<B>>(inception: &InceptionV3<B>, net: 
     Ok(stats.finish()?)
 }
 
-/// The reference statistics of `config`'s training images (the first `eval.fid_reference`, or
-/// all), read from `cache_dir` when an earlier run computed them for the same images.
-pub fn reference_stats<B: Backend>(config: &Config, inception: &InceptionV3<B>, cache_dir: &Path, device: &B::Device) -> Result<FeatureStats, TrainError> {
-    let set = data::load(config)?;
+/// The reference statistics of `config`'s training images `set` (the first `eval.fid_reference`,
+/// or all), read from `cache_dir` when an earlier run computed them for the same images.
+pub fn reference_stats<B: Backend>(config: &Config, set: &ImageSet, inception: &InceptionV3<B>, cache_dir: &Path, device: &B::Device) -> Result<FeatureStats, TrainError> {
     let count = match config.eval.fid_reference {
         0 => set.len(),
         n => n.min(set.len()),
@@ -154,7 +153,7 @@ pub fn reference_stats<B: Backend>(config: &Config, inception: &InceptionV3<B>, 
         }
     }
     let label = format!("FID reference ({count} training images)");
-    let stats = dataset_stats(inception, &set, count, config.eval.fid_batch, device, &mut progress_bar(&label))?;
+    let stats = dataset_stats(inception, set, count, config.eval.fid_batch, device, &mut progress_bar(&label))?;
     std::fs::create_dir_all(cache_dir).map_err(|source| TrainError::Io { path: cache_dir.to_path_buf(), source })?;
     stats.save_npz(&cache)?;
     eprintln!("FID reference statistics saved to {}", cache.display());
@@ -192,7 +191,7 @@ pub fn stats_of_path<B: Backend>(path: &Path, inception: Option<LoadedInception<
                 config.eval.fid_reference = limit;
             }
             let cache = config.eval.fid_cache.clone().unwrap_or_else(|| config.run_dir());
-            reference_stats(&config, loaded.net, &cache, device)
+            reference_stats(&config, &data::load(&config)?, loaded.net, &cache, device)
         }
         _ => Err(TrainError::RunDir(format!(
             "{}: expected a folder of images, a .toml training config or an .npz of statistics",
@@ -271,10 +270,11 @@ pub struct FidPlan<B: Backend> {
 }
 
 impl<B: Backend> FidPlan<B> {
-    /// Loads the network and the (cached) reference statistics of `config`'s run.
-    pub fn prepare(config: &Config, journal: PathBuf, curve: PathBuf, cache_dir: &Path, device: &B::Device) -> Result<Self, TrainError> {
+    /// Loads the network and the (cached) reference statistics of `config`'s run, whose
+    /// training images are `set`.
+    pub fn prepare(config: &Config, set: &ImageSet, journal: PathBuf, curve: PathBuf, cache_dir: &Path, device: &B::Device) -> Result<Self, TrainError> {
         let inception = InceptionV3::load(&config.eval.inception, device)?;
-        let reference = ReferenceStats::new(reference_stats(config, &inception, cache_dir, device)?);
+        let reference = ReferenceStats::new(reference_stats(config, set, &inception, cache_dir, device)?);
         Ok(Self {
             inception,
             reference,

@@ -197,7 +197,7 @@ where
     let catch_up = start_step > 0 && fid_due(every, start_step, total_steps) && !read_fid_lines(&journal).unwrap_or_default().iter().any(|l| l.step == start_step);
     let fid = if every > 0 && (start_step < total_steps || catch_up) {
         let cache = config.eval.fid_cache.clone().unwrap_or_else(|| run.root.clone());
-        Some(FidPlan::prepare(config, journal.clone(), run.fid_curve(), &cache, device)?)
+        Some(FidPlan::prepare(config, &images, journal.clone(), run.fid_curve(), &cache, device)?)
     } else {
         None
     };

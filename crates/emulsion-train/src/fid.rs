@@ -77,17 +77,12 @@ pub fn folder_stats<B: Backend>(inception: &InceptionV3<B>, dir: &Path, limit: O
         }
     };
     for file in &files {
-        let image = image::open(file).map_err(|source| DataError::Image { path: file.clone(), source })?;
-        let (w, h) = (image.width() as usize, image.height() as usize);
-        let channels = if image.color().has_color() { 3 } else { 1 };
-        let hwc = if channels == 1 { image.to_luma8().into_raw() } else { image.to_rgb8().into_raw() };
-        let shape = [channels, h, w];
-        if shape != pending_shape || pending.len() >= batch * channels * h * w {
+        let (chw, shape) = data::folder::decode_chw(file, None)?;
+        if shape != pending_shape || pending.len() >= batch * chw.len() {
             flush(&mut pending, pending_shape, &mut stats);
             pending_shape = shape;
         }
-        // Interleaved HWC → planar CHW.
-        pending.extend((0..channels).flat_map(|c| hwc.iter().skip(c).step_by(channels).map(|&p| p as f32)));
+        pending.extend(chw.iter().map(|&p| p as f32));
     }
     flush(&mut pending, pending_shape, &mut stats);
     Ok(stats.finish()?)

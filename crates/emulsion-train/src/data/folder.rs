@@ -22,17 +22,25 @@ pub fn load(path: &Path, channels: usize, size: usize) -> Result<ImageSet, DataE
     }
     let mut pixels = Vec::with_capacity(files.len() * channels * size * size);
     for file in &files {
-        let img = image::open(file).map_err(|source| DataError::Image { path: file.clone(), source })?;
-        let (w, h) = (img.width() as usize, img.height() as usize);
-        // Interleaved HWC → planar CHW, then the same resize as every other format.
-        let hwc = if channels == 1 { img.to_luma8().into_raw() } else { img.to_rgb8().into_raw() };
-        let mut chw = vec![0u8; hwc.len()];
-        for (i, p) in hwc.iter().enumerate() {
-            chw[(i % channels) * h * w + i / channels] = *p;
-        }
+        let (chw, [_, h, w]) = decode_chw(file, Some(channels))?;
         pixels.extend(resize_chw(&chw, channels, h, w, size));
     }
     Ok(ImageSet { pixels, labels: None, num_classes: 0, channels, size })
+}
+
+/// Decodes `file` as planar `[C, H, W]` pixels with `channels` channels (1 or 3), or, for
+/// `None`, 1 for a grayscale file and 3 otherwise; returns them with their shape.
+pub(crate) fn decode_chw(file: &Path, channels: Option<usize>) -> Result<(Vec<u8>, [usize; 3]), DataError> {
+    let img = image::open(file).map_err(|source| DataError::Image { path: file.to_path_buf(), source })?;
+    let (w, h) = (img.width() as usize, img.height() as usize);
+    let channels = channels.unwrap_or(if img.color().has_color() { 3 } else { 1 });
+    // Interleaved HWC → planar CHW.
+    let hwc = if channels == 1 { img.to_luma8().into_raw() } else { img.to_rgb8().into_raw() };
+    let mut chw = vec![0u8; hwc.len()];
+    for (i, p) in hwc.iter().enumerate() {
+        chw[(i % channels) * h * w + i / channels] = *p;
+    }
+    Ok((chw, [channels, h, w]))
 }
 
 /// Every PNG and JPEG file under `dir`, recursively (unsorted).

@@ -58,6 +58,24 @@ macro_rules! on_backend {
     };
 }
 
+/// Device memory reserved by the backend's allocator on the default device, in MiB; `None` for
+/// the CPU backends, which do not report it.
+pub fn memory_mib(backend: Backend) -> Option<f64> {
+    match backend {
+        #[cfg(feature = "wgpu")]
+        Backend::Wgpu => reserved_mib::<cubecl::wgpu::WgpuRuntime>(),
+        #[cfg(feature = "cuda")]
+        Backend::Cuda => reserved_mib::<cubecl::cuda::CudaRuntime>(),
+        _ => None,
+    }
+}
+
+#[cfg(any(feature = "wgpu", feature = "cuda"))]
+fn reserved_mib<R: cubecl::Runtime>() -> Option<f64> {
+    let usage = R::client(&Default::default()).memory_usage().ok()?;
+    Some(usage.bytes_reserved as f64 / (1024.0 * 1024.0))
+}
+
 /// The backend for `choice`; `auto` prefers CUDA, then a WGPU GPU, then the CPU.
 pub fn resolve(choice: DeviceChoice) -> Result<Backend> {
     match choice {
@@ -152,11 +170,6 @@ fn wgpu_adapter() -> Option<WgpuAdapter> {
     let info = setup.adapter.get_info();
     let name = format!("{} ({:?})", info.name, info.backend);
     Some(if info.device_type == wgpu::DeviceType::Cpu {
-        // Software adapters autotune for minutes; the lightest level keeps start-up bearable.
-        if std::env::var_os("CUBECL_AUTOTUNE_LEVEL").is_none() {
-            // SAFETY: called before any other thread of ours reads the environment.
-            unsafe { std::env::set_var("CUBECL_AUTOTUNE_LEVEL", "minimal") };
-        }
         WgpuAdapter::Cpu(name)
     } else {
         WgpuAdapter::Gpu(name)

@@ -4,9 +4,11 @@
 //! device asks for, and calls `emulsion-train`.
 
 mod device;
+mod kernel_cache;
 mod sweep_runner;
 
 use std::path::PathBuf;
+use std::time::Instant;
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
@@ -19,6 +21,11 @@ use emulsion_train::{Config, Resume, SampleRequest, TrainOptions};
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Folder of the GPU kernel cache (CubeCL's autotune results and compiled kernels, for WGPU
+    /// and CUDA). Default: .kernel-cache/ at the root of the Emulsion checkout holding the working
+    /// directory, else ~/.cache/emulsion/kernels.
+    #[arg(long, global = true, env = kernel_cache::ENV, value_name = "DIR")]
+    kernel_cache: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -80,8 +87,59 @@ struct SweepArgs {
 
 #[derive(Subcommand)]
 enum BenchCommand {
+    /// Training speed: the run a config describes, built as `train` builds it (no checkpoints,
+    /// samples or journal): time to the first step, steady-state images/s, memory.
+    Train(BenchTrainArgs),
+    /// The Inception FID pipeline: start-up seconds and images/s after it.
+    Fid(BenchFidArgs),
     /// Noise assignment: distance kernel, LAPJV, CPU and device auctions, KNN, and scipy on the same matrices.
     Assign(BenchAssignArgs),
+}
+
+#[derive(Args)]
+struct BenchTrainArgs {
+    /// The config file, e.g. configs/fashion_edm.toml.
+    config: PathBuf,
+    /// Override a config key, e.g. --set train.micro_batch=0 (repeatable; applied in order).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    overrides: Vec<String>,
+    /// Where to run: auto, cpu, ndarray, wgpu or cuda (overrides run.device).
+    #[arg(long)]
+    device: Option<String>,
+    /// Optimiser steps in all (the first, the warm-up, then the timed windows).
+    #[arg(long, default_value_t = 30)]
+    steps: usize,
+    /// Untimed steps after the first.
+    #[arg(long, default_value_t = 5)]
+    warmup: usize,
+    /// Steps per timed window; images/s is the median over the windows.
+    #[arg(long, default_value_t = 5)]
+    window: usize,
+    /// Print one JSON object (the keys scripts/torch_reference.py prints) instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+struct BenchFidArgs {
+    /// Where the network runs: auto, cpu, ndarray, wgpu or cuda.
+    #[arg(long, default_value = "auto")]
+    device: String,
+    /// Images in all; the first batch is start-up, the rest is timed.
+    #[arg(long, default_value_t = 1000)]
+    n: usize,
+    /// Images per batch.
+    #[arg(long, default_value_t = 100)]
+    batch: usize,
+    /// Side of the random RGB input images (resized to 299 for the network).
+    #[arg(long, default_value_t = 32)]
+    size: usize,
+    /// The converted Inception weights (made by scripts/fetch_inception.sh).
+    #[arg(long, default_value = emulsion_fid::DEFAULT_WEIGHTS)]
+    weights: PathBuf,
+    /// Print one JSON object instead of a table.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args)]
@@ -193,6 +251,7 @@ struct SampleArgs {
 }
 
 fn main() -> ExitCode {
+    let started = Instant::now();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("EMULSION_LOG").unwrap_or_else(|_| "warn".into()),
@@ -200,10 +259,16 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
+    if let Err(error) = use_kernel_cache(cli.kernel_cache.as_deref()) {
+        eprintln!("error: {error:#}");
+        return ExitCode::from(1);
+    }
     let result = match cli.command {
         Command::Train(args) => train(args),
         Command::Sample(args) => sample(args),
         Command::Schedule(command) => schedule(command),
+        Command::Bench(BenchCommand::Train(args)) => bench_train(args, started),
+        Command::Bench(BenchCommand::Fid(args)) => bench_fid(args, started),
         Command::Bench(BenchCommand::Assign(args)) => bench_assign(args),
         Command::Fid(args) => fid(args),
         Command::Sweep(args) => sweep(args),
@@ -215,6 +280,24 @@ fn main() -> ExitCode {
             ExitCode::from(1)
         }
     }
+}
+
+/// Resolves the kernel cache folder, hands it to CubeCL, and leaves it in the environment for
+/// the `emulsion train` children of a sweep.
+fn use_kernel_cache(explicit: Option<&std::path::Path>) -> Result<()> {
+    let cwd = std::env::current_dir().context("reading the working directory")?;
+    let folder = kernel_cache::resolve(explicit, &cwd);
+    // SAFETY: called before any other thread of ours starts or reads the environment.
+    unsafe {
+        std::env::set_var(kernel_cache::ENV, &folder);
+        for (variable, sub_folder) in kernel_cache::DRIVER_CACHES {
+            if std::env::var_os(variable).is_none() {
+                std::env::set_var(variable, folder.join(sub_folder));
+            }
+        }
+    }
+    kernel_cache::prepare(&folder);
+    kernel_cache::install(&folder)
 }
 
 /// `value` of flag `--flag` as the config enum `T`; a bad value lists the valid ones.
@@ -397,6 +480,44 @@ fn schedule(command: ScheduleCommand) -> Result<()> {
             schedule_report::plot(&all, &out).map_err(anyhow::Error::msg)?;
             eprintln!("wrote {}", out.display());
         }
+    }
+    Ok(())
+}
+
+fn bench_train(args: BenchTrainArgs, started: Instant) -> Result<()> {
+    let mut config = Config::load(&args.config, &args.overrides)?;
+    if let Some(device) = &args.device {
+        config.run.device = parse_device(device)?;
+    }
+    let options = emulsion_train::bench::TrainBenchOptions { steps: args.steps, warmup: args.warmup, window: args.window };
+    options.validate().map_err(|e| anyhow::anyhow!("--steps {}: {e}", args.steps))?;
+    let backend = device::resolve(config.run.device)?;
+    eprintln!("device: {}", backend.describe());
+    let mut report = on_backend!(backend, B => {
+        emulsion_train::bench::bench_train::<burn::backend::Autodiff<B>>(&config, &Default::default(), &options, started, &|| device::memory_mib(backend))
+    })
+    .with_context(|| format!("benchmarking {}", args.config.display()))?;
+    report.config = args.config.display().to_string();
+    report.device = backend.describe().to_string();
+    if args.json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        print!("{report}");
+    }
+    Ok(())
+}
+
+fn bench_fid(args: BenchFidArgs, started: Instant) -> Result<()> {
+    let backend = device::resolve(parse_device(&args.device)?)?;
+    eprintln!("device: {}", backend.describe());
+    let mut report = on_backend!(backend, B => {
+        emulsion_train::bench::bench_fid::<B>(&args.weights, args.n, args.batch, args.size, &Default::default(), started, &|| device::memory_mib(backend))
+    })?;
+    report.device = backend.describe().to_string();
+    if args.json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        print!("{report}");
     }
     Ok(())
 }

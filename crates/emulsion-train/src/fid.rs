@@ -36,7 +36,7 @@ pub fn progress_bar(label: &str) -> impl FnMut(usize, usize) + '_ {
 }
 
 /// Adds the Inception features of `pixels` (`[N, C, H, W]`, values 0–255) to `stats`.
-fn add_features<B: Backend>(inception: &InceptionV3<B>, pixels: Tensor<B, 4>, stats: &mut StatsAccumulator) {
+pub(crate) fn add_features<B: Backend>(inception: &InceptionV3<B>, pixels: Tensor<B, 4>, stats: &mut StatsAccumulator) {
     let features: Vec<f32> = inception.features(pixels).into_data().convert::<f32>().to_vec().expect("float features");
     stats.add(&features);
 }

@@ -11,7 +11,9 @@
 //! - [`fid`]: FID of datasets, image folders and samples; FID during training.
 //! - [`sweep`]: grids of runs and their summary.
 //! - [`run`]: a run end to end.
+//! - [`bench`]: the same run, timed step by step (`emulsion bench train`).
 
+pub mod bench;
 pub mod checkpoint;
 pub mod config;
 pub mod data;
@@ -52,6 +54,8 @@ pub enum TrainError {
     Io { path: PathBuf, source: std::io::Error },
     #[error("{0}")]
     RunDir(String),
+    #[error("the device failed: {0}")]
+    Device(String),
 }
 
 #[cfg(test)]

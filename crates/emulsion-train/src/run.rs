@@ -17,7 +17,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use burn::module::{AutodiffModule, Module};
-use burn::optim::AdamWConfig;
+use burn::optim::adaptor::OptimizerAdaptor;
+use burn::optim::{AdamW, AdamWConfig};
 use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
 use emulsion_assign::AssignBackend;
@@ -37,7 +38,7 @@ use crate::monitor::{truncate_journal, MonitorConfig, TrainingMonitor};
 use crate::objective::Objective;
 use crate::optim::WarmupLr;
 use crate::sampling;
-use crate::strategy::{Outcome, SamplePlan, StepPlan, StepStrategy};
+use crate::strategy::{Components, Outcome, SamplePlan, StepPlan, StepStrategy};
 use crate::trainer::{Recipe, Trainer};
 use crate::TrainError;
 
@@ -121,21 +122,7 @@ where
     B: AutodiffBackend + AssignBackend,
     B::InnerBackend: AssignBackend,
 {
-    let images = data::load(config)?;
-    if config.model.class_conditional && images.labels.is_none() {
-        return Err(TrainError::Invalid {
-            key: "model.class_conditional",
-            message: format!("the {} dataset has no class labels", crate::config::enum_name(&config.data.dataset)),
-        });
-    }
-    if images.len() < config.train.batch_size {
-        tracing::warn!("the dataset has {} images, fewer than a batch of {}", images.len(), config.train.batch_size);
-    }
-    let unet = config.unet_config(images.size, images.channels, images.num_classes);
-    unet.validate().map_err(|message| TrainError::Invalid {
-        key: "model",
-        message: format!("{message} (the images are {}x{})", images.size, images.size),
-    })?;
+    let (images, unet) = load_images(config)?;
     let run = RunDir::new(config.run_dir());
     let resume_from = prepare_run_dir(&run, options)?;
 
@@ -152,16 +139,8 @@ where
     let recipe = Recipe::from_config(config);
     let schedule = recipe.objective.schedule().clone();
     let recipe_precond = recipe.objective.precond();
-    let model = recipe.init::<B>(&unet, device);
-    let num_params = model.net.num_params();
+    let (mut learner, num_params) = build_learner::<B>(config, &unet, device);
     let t = &config.train;
-    let optimizer = AdamWConfig::new()
-        .with_beta_1(t.betas[0] as f32)
-        .with_beta_2(t.betas[1] as f32)
-        .with_epsilon(t.adam_eps as f32)
-        .with_weight_decay(t.weight_decay as f32)
-        .init::<B, Trainer<B>>();
-    let mut learner = Learner::new(model, optimizer, WarmupLr::new(t.lr, t.warmup_steps));
     eprintln!(
         "{}: {} images of {}x{}x{}, {num_params} parameters ({:.2}M), batch {}, {} steps",
         run.root.display(),
@@ -267,6 +246,48 @@ where
     report.last_checkpoint = outcome.last_checkpoint.clone().or(report.last_checkpoint);
     report.last_samples = outcome.last_samples.clone();
     Ok(report)
+}
+
+/// The learner of a run: the network and its EMA under the config's recipe, AdamW and the
+/// warm-up schedule, before any checkpoint is loaded.
+pub type RunLearner<B> = Learner<Components<B, OptimizerAdaptor<AdamW, Trainer<B>, B>>>;
+
+/// The training images and the network shape that fits them, both checked against the config.
+pub(crate) fn load_images(config: &Config) -> Result<(data::ImageSet, UNetConfig), TrainError> {
+    let images = data::load(config)?;
+    if config.model.class_conditional && images.labels.is_none() {
+        return Err(TrainError::Invalid {
+            key: "model.class_conditional",
+            message: format!("the {} dataset has no class labels", crate::config::enum_name(&config.data.dataset)),
+        });
+    }
+    if images.len() < config.train.batch_size {
+        tracing::warn!("the dataset has {} images, fewer than a batch of {}", images.len(), config.train.batch_size);
+    }
+    let unet = config.unet_config(images.size, images.channels, images.num_classes);
+    unet.validate().map_err(|message| TrainError::Invalid {
+        key: "model",
+        message: format!("{message} (the images are {}x{})", images.size, images.size),
+    })?;
+    Ok((images, unet))
+}
+
+/// Builds the learner `train` trains (and `bench train` times), with its parameter count.
+pub(crate) fn build_learner<B>(config: &Config, unet: &UNetConfig, device: &B::Device) -> (RunLearner<B>, usize)
+where
+    B: AutodiffBackend + AssignBackend,
+    B::InnerBackend: AssignBackend,
+{
+    let model = Recipe::from_config(config).init::<B>(unet, device);
+    let num_params = model.net.num_params();
+    let t = &config.train;
+    let optimizer = AdamWConfig::new()
+        .with_beta_1(t.betas[0] as f32)
+        .with_beta_2(t.betas[1] as f32)
+        .with_epsilon(t.adam_eps as f32)
+        .with_weight_decay(t.weight_decay as f32)
+        .init::<B, Trainer<B>>();
+    (Learner::new(model, optimizer, WarmupLr::new(t.lr, t.warmup_steps)), num_params)
 }
 
 /// Creates the run directory's folders and finds the checkpoint to resume from.

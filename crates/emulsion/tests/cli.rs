@@ -328,17 +328,65 @@ fn cifar_format_files_train_with_the_cifar_config() {
     assert!(out.join("cifar/samples/step-00000002.png").is_file());
 }
 
+/// Every file under `dir` with its bytes, by path relative to `dir`.
+fn folder_contents(dir: &Path) -> std::collections::BTreeMap<PathBuf, Vec<u8>> {
+    let mut files = std::collections::BTreeMap::new();
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(folder) = pending.pop() {
+        for entry in std::fs::read_dir(&folder).into_iter().flatten().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                pending.push(path);
+            } else {
+                files.insert(path.strip_prefix(dir).unwrap().to_path_buf(), std::fs::read(&path).unwrap());
+            }
+        }
+    }
+    files
+}
+
+/// WGPU on lavapipe trains and samples, and the kernel cache works: a first run against an empty
+/// cache folder writes CubeCL's autotune results and Mesa's shader cache into it; a second
+/// identical run re-tunes nothing (CubeCL's files are unchanged) and finds most of its shaders
+/// in Mesa's cache. The autotune results need `--features autotune`.
 #[test]
-fn wgpu_on_lavapipe_trains_and_samples() {
-    if !cfg!(feature = "wgpu") || std::env::var_os("EMULSION_SKIP_WGPU").is_some() {
-        eprintln!("skipped: built without wgpu, or EMULSION_SKIP_WGPU is set");
+fn wgpu_trains_and_samples_and_its_second_run_tunes_nothing() {
+    if !cfg!(feature = "wgpu") || !cfg!(feature = "autotune") || std::env::var_os("EMULSION_SKIP_WGPU").is_some() {
+        eprintln!("skipped: needs the wgpu and autotune features (cargo test --features autotune), and EMULSION_SKIP_WGPU unset");
         return;
     }
     let out = tempdir("wgpu");
-    let mut sets = tiny(&out, "wgpu");
-    sets.extend(["train.steps=2".to_string(), "data.limit=16".into(), "train.batch_size=4".into(), "sample.n=2".into(), "sample.steps=2".into()]);
-    ok(emulsion(&with_sets(&["train", "configs/quickstart.toml", "--device", "wgpu"], &sets)));
-    assert!(out.join("wgpu/samples/step-00000002.png").is_file());
+    let cache = out.join("kernel-cache");
+    let run = |name: &str| {
+        let mut sets = tiny(&out, name);
+        sets.extend(["train.steps=1".to_string(), "data.limit=16".into(), "train.batch_size=4".into(), "sample.n=2".into(), "sample.steps=2".into()]);
+        let mut args = vec!["--kernel-cache", cache.to_str().unwrap()];
+        args.extend(with_sets(&["train", "configs/quickstart.toml", "--device", "wgpu"], &sets));
+        let output = Command::new(env!("CARGO_BIN_EXE_emulsion"))
+            .args(&args)
+            .current_dir(repo())
+            .env("XDG_RUNTIME_DIR", std::env::temp_dir())
+            // A software adapter: tune shapes coarsely, as the README advises.
+            .env("CUBECL_AUTOTUNE_LEVEL", "minimal")
+            .output()
+            .expect("the emulsion binary runs");
+        ok(output);
+        assert!(out.join(name).join("samples/step-00000001.png").is_file());
+        folder_contents(&cache)
+    };
+    // Mesa keys a few shaders of fused kernels differently in every process (measured: about 13
+    // of 400 entries per run of the quick-start network), so only its bulk is compared.
+    let is_mesa = |path: &Path| path.starts_with("mesa");
+    let first = run("first");
+    let tuned: Vec<_> = first.keys().filter(|p| p.starts_with("autotune")).collect();
+    assert!(!tuned.is_empty(), "the first run wrote no autotune results into {}: {:?}", cache.display(), first.keys().collect::<Vec<_>>());
+    let mesa_first = first.keys().filter(|p| is_mesa(p)).count();
+    assert!(mesa_first > 10, "Mesa's shader cache is in the folder: {mesa_first} files");
+    let second = run("second");
+    let retuned: Vec<_> = second.iter().filter(|(path, bytes)| !is_mesa(path) && first.get(*path) != Some(bytes)).map(|(path, _)| path).collect();
+    assert!(retuned.is_empty(), "the second run re-tuned: {retuned:?}");
+    let mesa_new = second.keys().filter(|p| is_mesa(p) && !first.contains_key(*p)).count();
+    assert!(mesa_new * 5 < mesa_first, "the second run compiled {mesa_new} of {mesa_first} shaders again");
 }
 
 fn newest_step(checkpoints: &Path) -> Option<u64> {
@@ -489,4 +537,50 @@ fn sweeps_run_every_combination_resume_and_summarise() {
 
     std::fs::write(&sweep, "base = \"base.toml\"\n[grid]\n\"run.seed\" = [1, 2]\n").unwrap();
     fails_with(run(&[]), &["tiny.toml", "run.seed", "seeds"]);
+}
+
+/// The keys `bench train --json` prints; `scripts/torch_reference.py --json` prints the same.
+const BENCH_TRAIN_KEYS: [&str; 17] = [
+    "implementation", "config", "device", "parameters", "batch_size", "micro_batch", "steps", "warmup_steps", "window_steps",
+    "setup_s", "first_step_s", "images_per_s", "step_s", "window_images_per_s", "peak_host_mib", "peak_device_mib", "final_loss",
+];
+
+#[test]
+fn bench_train_json_on_the_cpu_carries_every_key() {
+    let out = ok(emulsion(&["bench", "train", "configs/quickstart.toml", "--device", "cpu", "--steps", "6", "--warmup", "1", "--window", "2", "--json"]));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON object on stdout");
+    let keys: Vec<&str> = report.as_object().unwrap().keys().map(String::as_str).collect();
+    let mut expected = BENCH_TRAIN_KEYS.to_vec();
+    expected.sort();
+    assert_eq!(keys, expected);
+    let number = |key: &str| report[key].as_f64().unwrap_or_else(|| panic!("{key} is not a number: {}", report[key]));
+    assert_eq!(report["implementation"], "emulsion");
+    assert_eq!(report["config"], "configs/quickstart.toml");
+    assert_eq!(number("parameters"), 317_297.0, "the quick-start network");
+    assert_eq!((number("batch_size"), number("steps"), number("warmup_steps"), number("window_steps")), (8.0, 6.0, 1.0, 2.0));
+    assert!(0.0 < number("setup_s") && number("setup_s") < number("first_step_s"));
+    assert_eq!(report["window_images_per_s"].as_array().unwrap().len(), 2, "steps 3-4 and 5-6");
+    assert!(number("images_per_s") > 0.0);
+    assert!((number("step_s") * number("images_per_s") - 8.0).abs() < 1e-6);
+    assert!(number("final_loss").is_finite());
+    if cfg!(target_os = "linux") {
+        assert!(number("peak_host_mib") > 10.0);
+    }
+    assert!(report["peak_device_mib"].is_null(), "the CPU backend reports no device memory");
+
+    let reference = std::fs::read_to_string(repo().join("scripts/torch_reference.py")).unwrap();
+    for key in BENCH_TRAIN_KEYS {
+        assert!(reference.contains(&format!("\"{key}\":")), "scripts/torch_reference.py does not print {key}");
+    }
+    fails_with(emulsion(&["bench", "train", "configs/quickstart.toml", "--device", "cpu", "--steps", "3", "--warmup", "2"]), &["--steps 3", "no timed window"]);
+}
+
+#[test]
+fn bench_fid_reports_start_up_and_throughput() {
+    let weights = inception_weights();
+    let out = ok(emulsion(&["bench", "fid", "--device", "cpu", "--n", "6", "--batch", "2", "--size", "16", "--weights", &weights, "--json"]));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON object on stdout");
+    assert_eq!((report["images"].as_u64(), report["batch"].as_u64(), report["image_size"].as_u64()), (Some(6), Some(2), Some(16)));
+    assert!(report["startup_s"].as_f64().unwrap() > 0.0 && report["images_per_s"].as_f64().unwrap() > 0.0);
+    fails_with(emulsion(&["bench", "fid", "--device", "cpu", "--n", "2", "--batch", "2", "--weights", &weights]), &["nothing to time"]);
 }

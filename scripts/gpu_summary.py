@@ -49,7 +49,7 @@ def main(logs, out):
     warm = [result(n) for n in ("a_warm", "b_warm") if result(n).get("first_step_s")]
     if warm:
         derived["warm_best"] = {"first_step_s": min(r["first_step_s"] for r in warm)}
-    for config, ours, theirs in (("fashion", ("b_warm", "a_warm", "a_cold", "b_cold"), "torch_fashion"), ("cifar", ("cifar",), "torch_cifar")):
+    for config, ours, theirs in (("fashion", ("b_warm", "a_warm", "a_cold", "b_cold"), "torch_fashion"), ("cifar", ("cifar", "cifar_auto"), "torch_cifar")):
         mine = max((result(n).get("images_per_s", 0) for n in ours), default=0)
         torch = result(theirs).get("images_per_s")
         if mine and torch:
@@ -77,6 +77,7 @@ def main(logs, out):
         fmt = lambda v, f: "" if v is None else format(v, f)
         md.append(f"| {name} | {s.get('rc', s.get('status'))} | {fmt(s.get('seconds'), '.1f')} | {fmt(r.get('first_step_s', r.get('startup_s')), '.2f')} | "
                   f"{fmt(r.get('images_per_s'), '.1f')} | {fmt(r.get('peak_device_mib'), '.0f')} | {fmt(r.get('final_loss'), '.4f')} |")
+    md += ["", "Device memory: Emulsion's is what its allocator had reserved at the syncs (after the first step, at each window's end); PyTorch's is `torch.cuda.max_memory_reserved()`."]
     md += ["", "| target | value | bound | verdict |", "|---|---|---|---|"]
     md += [f"| {t} | {'' if v is None else format(v, '.3g')} | {b} | {d} |" for t, v, b, d in verdicts]
     if summary["faster_build"]:

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """PyTorch reference for `emulsion bench train`: the same network and training step, timed.
 
-    scripts/torch_reference.py CONFIG [--device cpu|cuda] [--mode eager|compile] [--steps 30]
+    scripts/torch_reference.py CONFIG [--device cpu|cuda] [--mode eager|compile] [--steps 31]
                                [--warmup 5] [--window 5] [--set KEY=VALUE]... [--json]
     scripts/torch_reference.py CONFIG --count-only
 
@@ -16,7 +16,9 @@ cauchy and flow, truncated to the log-SNR range in t as Emulsion does. Other obj
 schedules and assignment methods are refused rather than timed as something else.
 
 Prints the keys `emulsion bench train --json` prints. `--mode compile` runs the network through
-`torch.compile`; its first step then includes compilation. Needs torch and numpy only.
+`torch.compile`; its first step then includes compilation. cuDNN benchmarks its algorithms and
+TF32 is off, as in EDM's training loop (`--tf32`, `--no-cudnn-benchmark` change that). Needs torch
+and numpy only.
 """
 import time
 
@@ -175,7 +177,8 @@ class Conv2d(torch.nn.Module):
 
 
 class GroupNorm(torch.nn.Module):
-    """EDM's grouping: min(32, channels // 4) groups, eps 1e-6."""
+    """EDM's grouping: min(32, channels // 4) groups, eps 1e-6. (Emulsion lowers the count to a
+    divisor of the channels where that does not divide them; PyTorch refuses such a config.)"""
 
     def __init__(self, channels, eps=1e-6):
         super().__init__()
@@ -377,12 +380,16 @@ def main():
     parser.add_argument("config", type=pathlib.Path)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--mode", choices=["eager", "compile"], default="eager")
-    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--steps", type=int, default=31)
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--window", type=int, default=5)
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--root", type=pathlib.Path, default=pathlib.Path(__file__).resolve().parent.parent,
                         help="what relative data paths are relative to (default: the checkout)")
+    parser.add_argument("--tf32", action="store_true",
+                        help="let cuDNN convolutions and matmuls use TF32 (default: off, as EDM's training loop sets it)")
+    parser.add_argument("--no-cudnn-benchmark", action="store_true",
+                        help="use cuDNN's heuristic algorithm choice (default: benchmark each shape, as EDM does)")
     parser.add_argument("--count-only", action="store_true", help="print the parameter count and exit")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
@@ -403,6 +410,9 @@ def main():
         sys.exit(f"assignment.method = {assignment} is not mirrored by the reference")
 
     device = torch.device(args.device)
+    # EDM's training loop: cuDNN picks each convolution's algorithm by timing, and full f32.
+    torch.backends.cudnn.benchmark = not args.no_cudnn_benchmark
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = args.tf32
     t = {**TRAIN_DEFAULTS, **config.get("train", {})}
     net = net.to(device).train()
     ema = [p.detach().clone() for p in net.parameters()]
@@ -468,7 +478,7 @@ def main():
                 first_step_s = now - PROCESS_START
             if window_end:
                 window_times.append(now - window_start)
-            window_start = now
+            window_start = time.perf_counter()
 
     ips = [args.window * batch / w for w in window_times]
     images_per_s = float(np.median(ips))
@@ -476,7 +486,9 @@ def main():
     result = {
         "implementation": f"pytorch-{args.mode}",
         "config": str(args.config),
-        "device": f"{args.device} (torch {torch.__version__}" + (f", {torch.cuda.get_device_name(device)})" if device.type == "cuda" else f", {torch.get_num_threads()} threads)"),
+        "device": f"{args.device} (torch {torch.__version__}, "
+                  + (f"{torch.cuda.get_device_name(device)}, TF32 {'on' if args.tf32 else 'off'}, cudnn.benchmark {'off' if args.no_cudnn_benchmark else 'on'})"
+                     if device.type == "cuda" else f"{torch.get_num_threads()} threads)"),
         "parameters": parameters,
         "batch_size": batch,
         "micro_batch": t["micro_batch"],
@@ -486,7 +498,7 @@ def main():
         "setup_s": setup_s,
         "first_step_s": first_step_s,
         "images_per_s": images_per_s,
-        "step_s": batch / images_per_s,
+        "step_s": float(np.median([w / args.window for w in window_times])),
         "window_images_per_s": ips,
         "peak_host_mib": peak_host,
         "peak_device_mib": torch.cuda.max_memory_reserved(device) / 2**20 if device.type == "cuda" else None,
@@ -497,7 +509,7 @@ def main():
     else:
         print(f"{args.config} on {result['device']}, {result['implementation']}: {parameters} parameters, batch {batch}")
         print(f"  first step      {first_step_s:.2f} s from start (setup {setup_s:.2f} s)")
-        print(f"  steady state    {images_per_s:.1f} images/s, {batch / images_per_s:.4f} s/step (median of {len(ips)} windows)")
+        print(f"  steady state    {images_per_s:.1f} images/s, {result['step_s']:.4f} s/step (median of {len(ips)} windows)")
         print(f"  peak host       {peak_host:.0f} MiB")
         print(f"  last loss       {final_loss:.5f}")
 

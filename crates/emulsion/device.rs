@@ -78,6 +78,10 @@ fn reserved_mib<R: cubecl::Runtime>() -> Option<f64> {
 
 /// The backend for `choice`; `auto` prefers CUDA, then a WGPU GPU, then the CPU.
 pub fn resolve(choice: DeviceChoice) -> Result<Backend> {
+    #[cfg(any(feature = "wgpu", feature = "cuda"))]
+    if matches!(choice, DeviceChoice::Wgpu | DeviceChoice::Cuda | DeviceChoice::Auto) {
+        crate::kernel_cache::activate()?;
+    }
     match choice {
         DeviceChoice::Cpu => Ok(Backend::Flex),
         DeviceChoice::Ndarray => {

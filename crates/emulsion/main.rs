@@ -21,9 +21,9 @@ use emulsion_train::{Config, Resume, SampleRequest, TrainOptions};
 struct Cli {
     #[command(subcommand)]
     command: Command,
-    /// Folder of the GPU kernel cache (CubeCL's autotune results and compiled kernels, for WGPU
-    /// and CUDA). Default: .kernel-cache/ at the root of the Emulsion checkout holding the working
-    /// directory, else ~/.cache/emulsion/kernels.
+    /// Folder of the GPU kernel cache: CubeCL's autotune results (WGPU, CUDA), compiled PTX
+    /// (CUDA) and the drivers' shader caches. Default: .kernel-cache/ at the root of the Emulsion
+    /// checkout holding the working directory, else $XDG_CACHE_HOME/emulsion/kernels (~/.cache).
     #[arg(long, global = true, env = kernel_cache::ENV, value_name = "DIR")]
     kernel_cache: Option<PathBuf>,
 }
@@ -106,8 +106,9 @@ struct BenchTrainArgs {
     /// Where to run: auto, cpu, ndarray, wgpu or cuda (overrides run.device).
     #[arg(long)]
     device: Option<String>,
-    /// Optimiser steps in all (the first, the warm-up, then the timed windows).
-    #[arg(long, default_value_t = 30)]
+    /// Optimiser steps in all: the first, the warm-up, then the timed windows (the default
+    /// gives five windows, an odd count, so the median is one of them).
+    #[arg(long, default_value_t = 31)]
     steps: usize,
     /// Untimed steps after the first.
     #[arg(long, default_value_t = 5)]
@@ -282,22 +283,15 @@ fn main() -> ExitCode {
     }
 }
 
-/// Resolves the kernel cache folder, hands it to CubeCL, and leaves it in the environment for
-/// the `emulsion train` children of a sweep.
+/// Resolves the kernel cache folder for the GPU backends (which open it when chosen), and leaves
+/// it in the environment for the `emulsion train` children of a sweep.
 fn use_kernel_cache(explicit: Option<&std::path::Path>) -> Result<()> {
     let cwd = std::env::current_dir().context("reading the working directory")?;
     let folder = kernel_cache::resolve(explicit, &cwd);
     // SAFETY: called before any other thread of ours starts or reads the environment.
-    unsafe {
-        std::env::set_var(kernel_cache::ENV, &folder);
-        for (variable, sub_folder) in kernel_cache::DRIVER_CACHES {
-            if std::env::var_os(variable).is_none() {
-                std::env::set_var(variable, folder.join(sub_folder));
-            }
-        }
-    }
-    kernel_cache::prepare(&folder);
-    kernel_cache::install(&folder)
+    unsafe { std::env::set_var(kernel_cache::ENV, &folder) };
+    kernel_cache::remember(folder);
+    Ok(())
 }
 
 /// `value` of flag `--flag` as the config enum `T`; a bad value lists the valid ones.

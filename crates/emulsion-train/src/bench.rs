@@ -6,12 +6,14 @@ use std::time::{Duration, Instant};
 
 use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
+use burn::train::metric::ItemLazy;
 use emulsion_assign::AssignBackend;
 use serde::{Deserialize, Serialize};
 
 use crate::config::Config;
 use crate::data::{DataOrder, StepLoader};
 use crate::run::{build_learner, load_images};
+use crate::trainer::DiffusionOutput;
 use crate::TrainError;
 
 /// How many steps to run and which of them to time.
@@ -68,15 +70,17 @@ pub struct TrainBench {
     pub first_step_s: f64,
     /// Median over the windows of the steady-state training images per second.
     pub images_per_s: f64,
-    /// Median seconds per optimiser step.
+    /// Median over the windows of the seconds per optimiser step.
     pub step_s: f64,
     /// Images per second of each window, in order.
     pub window_images_per_s: Vec<f64>,
     /// Peak resident memory of the process (Linux `VmHWM`), MiB.
     pub peak_host_mib: Option<f64>,
-    /// Device memory reserved by the backend's allocator, the largest seen at a window's end, MiB.
+    /// Device memory reserved by the backend's allocator, MiB: the largest seen at the syncs
+    /// after the first step and at each window's end (allocators seldom give memory back).
     pub peak_device_mib: Option<f64>,
-    /// Loss of the last step: finite, or the benchmark timed something broken.
+    /// Loss of the last step, as the metrics read it back: finite, or the benchmark timed
+    /// something broken.
     pub final_loss: f64,
 }
 
@@ -104,23 +108,26 @@ where
     sync()?;
     let setup_s = started.elapsed().as_secs_f64();
 
+    // As in `train`, every step's loss and assignment distance are read back on another thread
+    // (Burn's metrics thread there), so the loop never waits for them but the device does the
+    // same read-backs.
+    let (items, received) = std::sync::mpsc::channel::<DiffusionOutput<B>>();
+    let reader = std::thread::spawn(move || received.into_iter().map(|item| item.sync().loss.into_scalar().elem::<f64>()).last());
     let mut first_step_s = f64::NAN;
     let mut window_start = Instant::now();
     let mut windows: Vec<Duration> = Vec::new();
     let mut peak_device = None::<f64>;
-    let mut final_loss = f64::NAN;
     for step in 0..options.steps as u64 {
         let batch = loader.batch(&mut order, step);
         learner.lr_step();
         let output = learner.train_step(batch);
         learner.optimizer_step(output.grads);
+        let _ = items.send(output.item);
         let done = step as usize + 1;
         let timed = done.checked_sub(1 + options.warmup);
         let window_end = timed.is_some_and(|t| t > 0 && t % options.window == 0 && t / options.window <= options.windows());
-        if done == 1 || timed == Some(0) || window_end || done == options.steps {
-            // Reading the loss waits for the step's forward and backward passes; the sync for
-            // its optimiser step and EMA update.
-            final_loss = output.item.loss.into_scalar().elem::<f64>();
+        if done == 1 || timed == Some(0) || window_end {
+            // Waits for the step's forward and backward passes, its optimiser step and EMA.
             sync()?;
             let now = Instant::now();
             if done == 1 {
@@ -128,16 +135,18 @@ where
             }
             if window_end {
                 windows.push(now - window_start);
-                peak_device = max_option(peak_device, device_memory_mib());
             }
-            window_start = now;
-            tracing::info!("bench train: step {done}, loss {final_loss:.4}");
+            peak_device = max_option(peak_device, device_memory_mib());
+            tracing::info!("bench train: step {done}");
+            window_start = Instant::now();
         }
     }
+    drop(items);
+    let final_loss = reader.join().map_err(|_| TrainError::Device("reading the losses back failed".into()))?.unwrap_or(f64::NAN);
 
     let images_per_window = (options.window * batch_size) as f64;
     let window_images_per_s: Vec<f64> = windows.iter().map(|w| images_per_window / w.as_secs_f64()).collect();
-    let images_per_s = median(&window_images_per_s);
+    let step_seconds: Vec<f64> = windows.iter().map(|w| w.as_secs_f64() / options.window as f64).collect();
     Ok(TrainBench {
         implementation: "emulsion".into(),
         config: String::new(),
@@ -150,8 +159,8 @@ where
         window_steps: options.window,
         setup_s,
         first_step_s,
-        images_per_s,
-        step_s: batch_size as f64 / images_per_s,
+        images_per_s: median(&window_images_per_s),
+        step_s: median(&step_seconds),
         window_images_per_s,
         peak_host_mib: peak_host_mib(),
         peak_device_mib: peak_device,

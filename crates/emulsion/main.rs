@@ -493,12 +493,7 @@ fn bench_train(args: BenchTrainArgs, started: Instant) -> Result<()> {
     .with_context(|| format!("benchmarking {}", args.config.display()))?;
     report.config = args.config.display().to_string();
     report.device = backend.describe().to_string();
-    if args.json {
-        println!("{}", serde_json::to_string(&report)?);
-    } else {
-        print!("{report}");
-    }
-    Ok(())
+    print_report(&report, args.json)
 }
 
 fn bench_fid(args: BenchFidArgs, started: Instant) -> Result<()> {
@@ -508,8 +503,13 @@ fn bench_fid(args: BenchFidArgs, started: Instant) -> Result<()> {
         emulsion_train::bench::bench_fid::<B>(&args.weights, args.n, args.batch, args.size, &Default::default(), started, &|| device::memory_mib(backend))
     })?;
     report.device = backend.describe().to_string();
-    if args.json {
-        println!("{}", serde_json::to_string(&report)?);
+    print_report(&report, args.json)
+}
+
+/// A benchmark's figures on stdout: one JSON object, or its table.
+fn print_report<R: serde::Serialize + std::fmt::Display>(report: &R, json: bool) -> Result<()> {
+    if json {
+        println!("{}", serde_json::to_string(report)?);
     } else {
         print!("{report}");
     }

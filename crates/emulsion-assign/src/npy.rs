@@ -34,7 +34,7 @@ pub fn read_costs(path: &Path) -> Result<CostMatrix, NpyError> {
     let header = std::str::from_utf8(header).map_err(|_| bad("the header is not text"))?;
     let field = |key: &str| -> Option<&str> {
         let at = header.find(&format!("'{key}'"))? + key.len() + 2;
-        let rest = header[at..].trim_start().strip_prefix(':')?.trim_start();
+        let rest = header.get(at..)?.trim_start().strip_prefix(':')?.trim_start();
         Some(rest)
     };
     let descr = field("descr").and_then(|r| r.strip_prefix('\'')).and_then(|r| r.split('\'').next()).ok_or_else(|| bad("no 'descr' in the header"))?;
@@ -53,17 +53,17 @@ pub fn read_costs(path: &Path) -> Result<CostMatrix, NpyError> {
         _ => return Err(bad(&format!("expected a square B x B matrix, got shape ({shape})"))),
     };
     let data = &bytes[start + header_len..];
-    let costs: Vec<f64> = match descr {
-        "<f4" => {
-            check_len(data.len(), n * n * 4).map_err(|w| bad(&w))?;
-            data.chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap()) as f64).collect()
-        }
-        "<f8" => {
-            check_len(data.len(), n * n * 8).map_err(|w| bad(&w))?;
-            data.chunks_exact(8).map(|b| f64::from_le_bytes(b.try_into().unwrap())).collect()
-        }
+    let width = match descr {
+        "<f4" => 4,
+        "<f8" => 8,
         other => return Err(bad(&format!("dtype {other} is not float32 or float64 (little-endian)"))),
     };
+    let want = n.checked_mul(n).and_then(|e| e.checked_mul(width)).ok_or_else(|| bad(&format!("shape ({shape}) is too large")))?;
+    check_len(data.len(), want).map_err(|w| bad(&w))?;
+    let costs: Vec<f64> = data
+        .chunks_exact(width)
+        .map(|b| if width == 4 { f32::from_le_bytes(b.try_into().expect("4 bytes")) as f64 } else { f64::from_le_bytes(b.try_into().expect("8 bytes")) })
+        .collect();
     if let Some(k) = costs.iter().position(|c| !c.is_finite()) {
         return Err(bad(&format!("entry ({}, {}) is {}: costs must be finite", k / n, k % n, costs[k])));
     }
@@ -71,7 +71,11 @@ pub fn read_costs(path: &Path) -> Result<CostMatrix, NpyError> {
 }
 
 fn check_len(got: usize, want: usize) -> Result<(), String> {
-    if got < want { Err(format!("truncated data: {got} bytes, the shape needs {want}")) } else { Ok(()) }
+    match got.cmp(&want) {
+        std::cmp::Ordering::Less => Err(format!("truncated data: {got} bytes, the shape needs {want}")),
+        std::cmp::Ordering::Greater => Err(format!("{} bytes follow the data the shape describes", got - want)),
+        std::cmp::Ordering::Equal => Ok(()),
+    }
 }
 
 /// Writes `costs` as a float64 `.npy` (version 1).

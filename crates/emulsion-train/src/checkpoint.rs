@@ -9,13 +9,15 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex};
 
-use burn::record::{FileRecorder, FullPrecisionSettings, NamedMpkFileRecorder, Record, Recorder};
+use burn::module::Module;
+use burn::record::{FileRecorder, FullPrecisionSettings, NamedMpkBytesRecorder, NamedMpkFileRecorder, Record, Recorder};
 use burn::tensor::backend::Backend;
 use burn::train::checkpoint::{Checkpointer, CheckpointerError, CheckpointingAction, CheckpointingStrategy};
 use burn::train::metric::store::EventStoreClient;
 use serde::{Deserialize, Serialize};
 
 use crate::data::order::DataPosition;
+pub use crate::monitor::JournalWindow;
 
 /// The record files of a checkpoint (the recorder adds `.mpk`).
 pub const MODEL: &str = "model";
@@ -24,8 +26,10 @@ pub const SCHEDULER: &str = "scheduler";
 const STATE: &str = "state.json";
 const STATE_FORMAT: u32 = 1;
 
-/// Full precision: a resumed run continues bit for bit.
-pub type CheckpointRecorder = NamedMpkFileRecorder<FullPrecisionSettings>;
+/// Full precision: a resumed run continues bit for bit. Records go through memory, so that
+/// writing them is our own file I/O (with the operating system's errors), and reading them is
+/// checked first ([`crate::record_check`]).
+pub type CheckpointRecorder = NamedMpkBytesRecorder<FullPrecisionSettings>;
 
 /// The training loop's own state, beside Burn's records.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -40,11 +44,52 @@ pub struct TrainState {
     pub images_seen: u64,
     /// Seconds spent training, summed over all sessions of the run.
     pub wall_time_s: f64,
+    /// The part of the current journal line's window done by `step`.
+    #[serde(default)]
+    pub journal_window: JournalWindow,
+    /// Updates dropped for a non-finite loss or gradient (`train.on_nonfinite = "skip"`).
+    #[serde(default)]
+    pub skipped: SkipCount,
+}
+
+/// Updates dropped so far in a run, and how many of the newest steps in a row were.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SkipCount {
+    pub total: u64,
+    pub in_a_row: u64,
 }
 
 impl TrainState {
     pub fn new(step: u64, seed: u64, next_batch: DataPosition, images_seen: u64, wall_time_s: f64) -> Self {
-        Self { format: STATE_FORMAT, step, seed, next_batch, images_seen, wall_time_s }
+        Self { format: STATE_FORMAT, step, seed, next_batch, images_seen, wall_time_s, journal_window: JournalWindow::default(), skipped: SkipCount::default() }
+    }
+
+    /// Checks what a `state.json` claims against itself and the folder it is in
+    /// (`step-00000040/` holds step 40).
+    fn validate(&self, dir: &Path) -> Result<(), String> {
+        let named = dir.file_name().and_then(|n| n.to_str()).and_then(|n| n.strip_prefix("step-")).and_then(|n| n.parse::<u64>().ok());
+        if let Some(named) = named {
+            if named != self.step {
+                return Err(format!("{STATE} says step {} but the folder is step {named}", self.step));
+            }
+        }
+        if self.step == 0 {
+            return Err(format!("{STATE} says step 0: checkpoints are written after a step"));
+        }
+        if self.images_seen < self.step {
+            return Err(format!("{STATE} says {} images in {} steps", self.images_seen, self.step));
+        }
+        if !(self.wall_time_s.is_finite() && self.wall_time_s >= 0.0) {
+            return Err(format!("{STATE} has wall time {}", self.wall_time_s));
+        }
+        if self.skipped.in_a_row > self.skipped.total || self.skipped.total > self.step {
+            return Err(format!("{STATE} says {} skipped steps ({} in a row) in {} steps", self.skipped.total, self.skipped.in_a_row, self.step));
+        }
+        let w = &self.journal_window;
+        if !(w.loss.sum.is_finite() && w.distance.sum.is_finite()) {
+            return Err(format!("{STATE} has a non-finite journal window"));
+        }
+        Ok(())
     }
 }
 
@@ -61,6 +106,8 @@ pub enum CheckpointError {
     Write { path: PathBuf, reason: String },
     #[error("loading {}: {reason}", path.display())]
     Load { path: PathBuf, reason: String },
+    #[error("{}: {mismatch}", path.display())]
+    Mismatch { path: PathBuf, mismatch: crate::record_check::Mismatch },
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> CheckpointError + '_ {
@@ -74,6 +121,8 @@ pub struct CheckpointStore {
     keep: usize,
     parts: Mutex<HashMap<u64, Vec<Result<(), String>>>>,
     part_done: Condvar,
+    /// Writes one file; `std::fs::write` but where a test injects a failure.
+    write: fn(&Path, &[u8]) -> std::io::Result<()>,
 }
 
 impl CheckpointStore {
@@ -82,11 +131,29 @@ impl CheckpointStore {
         std::fs::create_dir_all(root).map_err(io_err(root))?;
         for entry in std::fs::read_dir(root).map_err(io_err(root))?.flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
-            if name.starts_with(".tmp-") || name.starts_with(".trash-") {
+            // A checkpoint moved aside by a commit that did not finish is put back.
+            let restored = name.strip_prefix(".trash-").map(|step| root.join(step)).filter(|original| !original.exists());
+            if let Some(original) = restored {
+                std::fs::rename(entry.path(), &original).map_err(io_err(&original))?;
+            } else if name.starts_with(".tmp-") || name.starts_with(".trash-") {
                 std::fs::remove_dir_all(entry.path()).map_err(io_err(&entry.path()))?;
             }
         }
-        Ok(Self { root: root.to_path_buf(), keep: keep.max(1), parts: Mutex::default(), part_done: Condvar::new() })
+        Ok(Self { root: root.to_path_buf(), keep: keep.max(1), parts: Mutex::default(), part_done: Condvar::new(), write: |path, bytes| std::fs::write(path, bytes) })
+    }
+
+    /// The same store with another file writer: fault injection for tests.
+    #[doc(hidden)]
+    pub fn with_writer(self, write: fn(&Path, &[u8]) -> std::io::Result<()>) -> Self {
+        Self { write, ..self }
+    }
+
+    /// Writes `bytes` to `path` (a file of the staging folder); on failure removes the partial
+    /// file and returns the operating system's error.
+    fn write_file(&self, path: &Path, bytes: &[u8]) -> Result<(), std::io::Error> {
+        (self.write)(path, bytes).inspect_err(|_| {
+            let _ = std::fs::remove_file(path);
+        })
     }
 
     pub fn root(&self) -> &Path {
@@ -121,9 +188,16 @@ impl CheckpointStore {
         }
         let results = guard.remove(&step).unwrap_or_default();
         match results.into_iter().find_map(Result::err) {
-            Some(reason) => Err(CheckpointError::Write { path: self.staging_dir(step), reason }),
+            Some(reason) => Err(self.abandon(step, reason)),
             None => Ok(()),
         }
+    }
+
+    /// Removes the staging folder of a failed write; the error to report.
+    fn abandon(&self, step: u64, reason: String) -> CheckpointError {
+        let staging = self.staging_dir(step);
+        let _ = std::fs::remove_dir_all(&staging);
+        CheckpointError::Write { path: checkpoint_dir(&self.root, step), reason }
     }
 
     /// Adds the loop state and the small `files` (name, contents) to the staged records,
@@ -132,21 +206,31 @@ impl CheckpointStore {
     pub fn commit(&self, state: &TrainState, files: &[(String, String)]) -> Result<PathBuf, CheckpointError> {
         let staging = self.staging_dir(state.step);
         let state_json = serde_json::to_string_pretty(state).expect("state serialises");
-        std::fs::write(staging.join(STATE), state_json).map_err(io_err(&staging))?;
-        for (name, contents) in files {
-            std::fs::write(staging.join(name), contents).map_err(io_err(&staging))?;
+        let staged = std::iter::once((STATE, state_json.as_str())).chain(files.iter().map(|(n, c)| (n.as_str(), c.as_str())));
+        for (name, contents) in staged {
+            self.write_file(&staging.join(name), contents.as_bytes()).map_err(|e| self.abandon(state.step, format!("{name}: {e}")))?;
         }
-        for entry in std::fs::read_dir(&staging).map_err(io_err(&staging))?.flatten() {
-            File::open(entry.path()).and_then(|f| f.sync_all()).map_err(io_err(&entry.path()))?;
-        }
+        let synced: std::io::Result<()> = std::fs::read_dir(&staging)
+            .and_then(|entries| entries.flatten().try_for_each(|entry| File::open(entry.path()).and_then(|f| f.sync_all())));
+        synced.map_err(|e| self.abandon(state.step, format!("flushing to disk: {e}")))?;
         let target = checkpoint_dir(&self.root, state.step);
+        // A checkpoint of the same step (from before a resume) is moved aside, and deleted only
+        // once the new one is in place; `open` puts it back if the process dies in between.
+        let replaced = self.root.join(format!(".trash-step-{:08}", state.step));
         if target.exists() {
-            self.discard(&target)?;
+            std::fs::rename(&target, &replaced).map_err(|e| self.abandon(state.step, format!("moving the previous {} aside: {e}", target.display())))?;
         }
-        std::fs::rename(&staging, &target).map_err(io_err(&target))?;
+        if let Err(e) = std::fs::rename(&staging, &target) {
+            let _ = std::fs::rename(&replaced, &target);
+            return Err(self.abandon(state.step, format!("renaming it into place: {e}")));
+        }
         sync_dir(&self.root)?;
-        let complete = list(&self.root)?;
-        for (_, old) in complete.iter().take(complete.len().saturating_sub(self.keep)) {
+        if replaced.exists() {
+            std::fs::remove_dir_all(&replaced).map_err(io_err(&replaced))?;
+        }
+        // The checkpoint just written is never pruned, whatever older or newer ones remain.
+        let others: Vec<(u64, PathBuf)> = list(&self.root)?.into_iter().filter(|(step, _)| *step != state.step).collect();
+        for (_, old) in others.iter().take((others.len() + 1).saturating_sub(self.keep)) {
             self.discard(old)?;
         }
         Ok(target)
@@ -188,6 +272,22 @@ pub fn list(root: &Path) -> Result<Vec<(u64, PathBuf)>, CheckpointError> {
     Ok(found)
 }
 
+/// The `step-*` folders under `root` without a `state.json`, by step: never committed by a
+/// finished write (commits rename complete folders into place), so never used.
+pub fn incomplete(root: &Path) -> Vec<(u64, PathBuf)> {
+    let mut found: Vec<(u64, PathBuf)> = std::fs::read_dir(root)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let step = e.file_name().to_str()?.strip_prefix("step-")?.parse().ok()?;
+            (!e.path().join(STATE).is_file()).then(|| (step, e.path()))
+        })
+        .collect();
+    found.sort();
+    found
+}
+
 /// The newest complete checkpoint under `root`.
 pub fn latest(root: &Path) -> Result<PathBuf, CheckpointError> {
     list(root)?.pop().map(|(_, p)| p).ok_or_else(|| CheckpointError::NoneFound { dir: root.to_path_buf() })
@@ -213,6 +313,7 @@ impl Checkpoint {
         if state.format != STATE_FORMAT {
             return Err(invalid(format!("{STATE} has format {} (this build reads {STATE_FORMAT})", state.format)));
         }
+        state.validate(dir).map_err(invalid)?;
         for part in [MODEL, OPTIMIZER, SCHEDULER] {
             let file = record_path(dir, part);
             if !file.is_file() {
@@ -228,21 +329,46 @@ impl Checkpoint {
         std::fs::read_to_string(&path).map_err(|source| CheckpointError::Io { path, source })
     }
 
-    /// Loads the record `part` (one of [`MODEL`], [`OPTIMIZER`], [`SCHEDULER`]).
+    /// Loads the record `part` (one of [`MODEL`], [`OPTIMIZER`], [`SCHEDULER`]), after checking
+    /// that the file is a whole record.
     pub fn load<R: Record<B>, B: Backend>(&self, part: &str, device: &B::Device) -> Result<R, CheckpointError> {
-        load_part(&self.dir, part, device)
+        load_part(&self.dir, part, |_| Ok(()), device)
+    }
+
+    /// Loads the record of `module`'s type from `part`, after checking that it holds exactly
+    /// `module`'s parameters with their shapes: a mismatch names the first parameter and both
+    /// shapes instead of Burn's panic (or silent partial load).
+    pub fn load_for<M: Module<B>, B: Backend>(&self, part: &str, module: &M, device: &B::Device) -> Result<M::Record, CheckpointError> {
+        let expected = crate::record_check::module_shapes(module);
+        load_part(&self.dir, part, |found| crate::record_check::compare(found, &expected), device)
+    }
+
+    /// Loads optimizer state (`part`) for `module`'s parameters, after checking that every
+    /// state tensor belongs to one of them (by parameter id) and has its shape: Burn would
+    /// drop foreign state silently and panic at the first update on a wrong shape.
+    pub fn load_state_for<R: Record<B>, M: Module<B>, B: Backend>(&self, part: &str, module: &M, device: &B::Device) -> Result<R, CheckpointError> {
+        let parameters = crate::record_check::module_parameters(module);
+        load_part(&self.dir, part, |found| crate::record_check::compare_state(found, &parameters), device)
     }
 }
 
-fn load_part<R: Record<B>, B: Backend>(dir: &Path, part: &str, device: &B::Device) -> Result<R, CheckpointError> {
-    CheckpointRecorder::new().load(dir.join(part), device).map_err(|e| CheckpointError::Load {
-        path: record_path(dir, part),
-        reason: format!("{e} (was it written for a different model configuration?)"),
-    })
+fn load_part<R: Record<B>, B: Backend>(
+    dir: &Path,
+    part: &str,
+    check: impl FnOnce(&crate::record_check::Shapes) -> Result<(), crate::record_check::Mismatch>,
+    device: &B::Device,
+) -> Result<R, CheckpointError> {
+    use crate::record_check::{read, Mismatch};
+    let path = record_path(dir, part);
+    let bytes = std::fs::read(&path).map_err(io_err(&path))?;
+    let mismatch = |mismatch| CheckpointError::Mismatch { path: path.clone(), mismatch };
+    let found = read(&bytes).map_err(|reason| mismatch(Mismatch::Corrupt(reason)))?;
+    check(&found.shapes).map_err(mismatch)?;
+    CheckpointRecorder::new().load(bytes, device).map_err(|e| CheckpointError::Load { path: path.clone(), reason: e.to_string() })
 }
 
 fn record_path(dir: &Path, part: &str) -> PathBuf {
-    dir.join(format!("{part}.{}", <CheckpointRecorder as FileRecorder<burn::backend::Flex>>::file_extension()))
+    dir.join(format!("{part}.{}", <NamedMpkFileRecorder<FullPrecisionSettings> as FileRecorder<burn::backend::Flex>>::file_extension()))
 }
 
 /// Burn's checkpointer interface over the store: writes one part of a step's checkpoint into the
@@ -262,9 +388,12 @@ impl StagedPart {
 impl<R: Record<B>, B: Backend> Checkpointer<R, B> for StagedPart {
     fn save(&self, epoch: usize, record: R) -> Result<(), CheckpointerError> {
         let step = epoch as u64;
+        let path = record_path(&self.store.staging_dir(step), self.part);
+        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         let result = CheckpointRecorder::new()
-            .record(record, self.store.staging_dir(step).join(self.part))
-            .map_err(|e| format!("{}: {e}", self.part));
+            .record(record, ())
+            .map_err(|e| format!("{name}: {e}"))
+            .and_then(|bytes| self.store.write_file(&path, &bytes).map_err(|e| format!("{name}: {e}")));
         self.store.part_finished(step, result);
         Ok(())
     }
@@ -275,7 +404,7 @@ impl<R: Record<B>, B: Backend> Checkpointer<R, B> for StagedPart {
     }
 
     fn restore(&self, epoch: usize, device: &B::Device) -> Result<R, CheckpointerError> {
-        load_part(&checkpoint_dir(self.store.root(), epoch as u64), self.part, device)
+        load_part(&checkpoint_dir(self.store.root(), epoch as u64), self.part, |_| Ok(()), device)
             .map_err(|e| CheckpointerError::Unknown(e.to_string()))
     }
 }
@@ -307,7 +436,7 @@ mod tests {
             Checkpointer::<usize, TestBackend>::save(&StagedPart::new(store.clone(), part), step as usize, step as usize).unwrap();
         }
         store.wait(step, 3).unwrap();
-        let state = TrainState::new(step, 1, DataPosition { epoch: 0, offset: 0 }, 0, 0.0);
+        let state = TrainState::new(step, 1, DataPosition { epoch: 0, offset: 0 }, 2 * step, 0.0);
         store.commit(&state, &[("config.toml".into(), "x = 1\n".into())]).unwrap()
     }
 
@@ -328,6 +457,30 @@ mod tests {
     }
 
     #[test]
+    fn a_rewritten_step_replaces_the_old_one_and_is_never_pruned() {
+        let root = tempdir("rewrite");
+        let store = Arc::new(CheckpointStore::open(&root, 2).unwrap());
+        for step in [10, 20, 30] {
+            write(&store, step);
+        }
+        // Resumed from step 10: step 20 is written again, beside the newer step 30.
+        let old_20 = std::fs::metadata(checkpoint_dir(&root, 20).join(STATE)).unwrap().modified().unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        write(&store, 20);
+        let steps: Vec<u64> = list(&root).unwrap().into_iter().map(|(s, _)| s).collect();
+        assert_eq!(steps, vec![20, 30]);
+        assert!(std::fs::metadata(checkpoint_dir(&root, 20).join(STATE)).unwrap().modified().unwrap() > old_20, "step 20 was replaced");
+        // With keep = 1 the step just written is the one kept, even though it is not the newest.
+        let one = Arc::new(CheckpointStore::open(&root, 1).unwrap());
+        write(&one, 20);
+        assert_eq!(list(&root).unwrap().into_iter().map(|(s, _)| s).collect::<Vec<_>>(), vec![20]);
+        // A commit that died after moving the old step aside: opening the store puts it back.
+        std::fs::rename(checkpoint_dir(&root, 20), root.join(".trash-step-00000020")).unwrap();
+        CheckpointStore::open(&root, 1).unwrap();
+        assert_eq!(Checkpoint::open(&latest(&root).unwrap()).unwrap().state.step, 20);
+    }
+
+    #[test]
     fn leftovers_of_an_interrupted_write_are_invisible_and_cleared() {
         let root = tempdir("partial");
         let store = Arc::new(CheckpointStore::open(&root, 3).unwrap());
@@ -341,6 +494,46 @@ mod tests {
     }
 
     #[test]
+    fn a_failed_write_reports_the_os_error_leaves_no_staging_and_keeps_the_previous_checkpoint() {
+        let root = tempdir("full");
+        let store = Arc::new(CheckpointStore::open(&root, 1).unwrap());
+        write(&store, 3);
+        // The disk fills up: every further write fails as a full disk does.
+        let full = Arc::new(CheckpointStore::open(&root, 1).unwrap().with_writer(|_, _| Err(std::io::Error::from_raw_os_error(28))));
+        full.begin(6).unwrap();
+        for part in [MODEL, OPTIMIZER, SCHEDULER] {
+            Checkpointer::<usize, TestBackend>::save(&StagedPart::new(full.clone(), part), 6, 6).unwrap();
+        }
+        let e = full.wait(6, 3).unwrap_err().to_string();
+        assert!(e.contains("No space left on device") && e.contains("step-00000006"), "{e}");
+        assert!(!full.staging_dir(6).exists(), "no staging folder survives");
+        // A failure while committing the state files, too.
+        full.begin(7).unwrap();
+        let state = TrainState::new(7, 1, DataPosition { epoch: 0, offset: 0 }, 7, 0.0);
+        let e = full.commit(&state, &[]).unwrap_err().to_string();
+        assert!(e.contains("state.json: No space left on device"), "{e}");
+        assert!(!full.staging_dir(7).exists());
+        let steps: Vec<u64> = list(&root).unwrap().into_iter().map(|(s, _)| s).collect();
+        assert_eq!(steps, vec![3], "the previous checkpoint is kept");
+    }
+
+    #[test]
+    fn impossible_states_are_rejected() {
+        let root = tempdir("states");
+        let store = Arc::new(CheckpointStore::open(&root, 3).unwrap());
+        let dir = write(&store, 40);
+        let state = std::fs::read_to_string(dir.join(STATE)).unwrap();
+        for (from, to, expected) in [
+            ("\"step\": 40", "\"step\": 999", "says step 999 but the folder is step 40"),
+            ("\"images_seen\": 80", "\"images_seen\": 3", "3 images in 40 steps"),
+        ] {
+            std::fs::write(dir.join(STATE), state.replace(from, to)).unwrap();
+            let e = Checkpoint::open(&dir).unwrap_err().to_string();
+            assert!(e.contains(expected), "{e}");
+        }
+    }
+
+    #[test]
     fn broken_checkpoints_are_reported_not_panicked_on() {
         let root = tempdir("broken");
         let store = Arc::new(CheckpointStore::open(&root, 3).unwrap());
@@ -348,7 +541,7 @@ mod tests {
         std::fs::write(record_path(&dir, OPTIMIZER), b"garbage").unwrap();
         let ckpt = Checkpoint::open(&dir).unwrap();
         let e = ckpt.load::<usize, TestBackend>(OPTIMIZER, &Default::default()).unwrap_err().to_string();
-        assert!(e.contains("optimizer.mpk"), "{e}");
+        assert!(e.contains("optimizer.mpk") && e.contains("corrupt"), "{e}");
         std::fs::write(dir.join(STATE), "{").unwrap();
         let e = Checkpoint::open(&dir).unwrap_err().to_string();
         assert!(e.contains("state.json is malformed"), "{e}");

@@ -98,6 +98,9 @@ pub struct DataConfig {
     /// Use only the first `limit` images (for quick experiments and tests).
     #[serde(default)]
     pub limit: Option<usize>,
+    /// Classes of an `idx` dataset (default 10); a label at or above it is an error.
+    #[serde(default)]
+    pub num_classes: Option<usize>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -565,7 +568,27 @@ pub struct TrainConfig {
     pub sample_every: usize,
     /// Log a line to `metrics.jsonl` every this many steps.
     pub log_every: usize,
+    /// What a non-finite loss or gradient norm does: stop the run with an error, or skip that
+    /// step's update.
+    pub on_nonfinite: OnNonFinite,
+    /// With `on_nonfinite = "skip"`: the run stops after this many skipped steps in a row
+    /// (default 10).
+    pub max_skipped_steps: Option<usize>,
 }
+
+/// What a training step with a non-finite loss or gradient norm does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum OnNonFinite {
+    /// Stop the run with an error naming the step (no checkpoint of it is written).
+    #[default]
+    Stop,
+    /// Drop the step's update (weights, optimiser state and EMA stay as they were) and go on.
+    Skip,
+}
+
+/// Skipped steps in a row after which a `skip` run stops.
+pub const DEFAULT_MAX_SKIPPED_STEPS: usize = 10;
 
 impl Default for TrainConfig {
     fn default() -> Self {
@@ -584,6 +607,8 @@ impl Default for TrainConfig {
             keep_checkpoints: 3,
             sample_every: 5_000,
             log_every: 50,
+            on_nonfinite: OnNonFinite::Stop,
+            max_skipped_steps: None,
         }
     }
 }
@@ -752,7 +777,7 @@ impl Config {
                 None => path.display().to_string(),
             }
         };
-        let config: Config = serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
+        let config: Config = deserialize_with_string_retry(table, &overridden).map_err(|e| {
             let key = e.path().to_string();
             let message = e.inner().message().to_string();
             // serde reports an unknown or missing key against its parent; name the key itself.
@@ -818,6 +843,14 @@ impl Config {
                 return Err(("data.channels".into(), format!("must be 1 or 3, got {c}")));
             }
         }
+        if let Some(classes) = self.data.num_classes {
+            if self.data.dataset != DatasetKind::Idx {
+                return Err(("data.num_classes".into(), "only `idx` datasets choose their class count (CIFAR-10 has 10; folders have no labels)".into()));
+            }
+            if !(1..=65_536).contains(&classes) {
+                return Err(("data.num_classes".into(), format!("must be between 1 and 65536, got {classes}")));
+            }
+        }
         if let Some(limit) = self.data.limit {
             positive("data.limit", limit)?;
         }
@@ -877,6 +910,13 @@ impl Config {
         if !(t.grad_clip >= 0.0) {
             return Err(("train.grad_clip".into(), format!("must be non-negative (0 disables), got {}", t.grad_clip)));
         }
+        match (t.on_nonfinite, t.max_skipped_steps) {
+            (OnNonFinite::Stop, Some(_)) => {
+                return Err(("train.max_skipped_steps".into(), "applies only with train.on_nonfinite = \"skip\"".into()));
+            }
+            (OnNonFinite::Skip, Some(0)) => return Err(("train.max_skipped_steps".into(), "must be at least 1".into())),
+            _ => {}
+        }
         let s = &self.sample;
         positive("sample.steps", s.steps)?;
         positive("sample.n", s.n)?;
@@ -914,6 +954,37 @@ impl Config {
             .with_num_heads(m.num_heads)
             .with_num_classes(if m.class_conditional { num_classes } else { 0 })
             .with_embedding(m.embedding)
+    }
+}
+
+/// Deserialises `table`; where an unquoted `--set` value read as another TOML type (`nan`,
+/// `inf`, `1`, `true`) lands on a string field, retries with the text itself, so that
+/// `--set run.name=nan` names a run "nan" as a user means.
+fn deserialize_with_string_retry(
+    mut table: toml::Table,
+    overridden: &[(String, String)],
+) -> Result<Config, serde_path_to_error::Error<toml::de::Error>> {
+    loop {
+        let error = match serde_path_to_error::deserialize(toml::Value::Table(table.clone())) {
+            Ok(config) => return Ok(config),
+            Err(error) => error,
+        };
+        let key = error.path().to_string();
+        let message = error.inner().message();
+        let wants_string = message.starts_with("invalid type") && message.split(", expected").nth(1).is_some_and(|e| e.contains("string"));
+        let retry = overridden.iter().rev().find(|(k, _)| *k == key).and_then(|(_, arg)| {
+            let raw = arg.split_once('=')?.1.trim();
+            let mut node = &mut table;
+            let parts: Vec<&str> = key.split('.').collect();
+            for part in &parts[..parts.len() - 1] {
+                node = node.get_mut(*part)?.as_table_mut()?;
+            }
+            let value = node.get_mut(parts[parts.len() - 1])?;
+            (wants_string && !value.is_str()).then(|| *value = toml::Value::String(raw.to_string()))
+        });
+        if retry.is_none() {
+            return Err(error);
+        }
     }
 }
 
@@ -994,6 +1065,16 @@ mod tests {
         assert_eq!(c.attn_resolutions(28), vec![14], "attention defaults to the second level");
         assert_eq!(c.attn_resolutions(32), vec![16]);
         assert_eq!(c.data_path().unwrap(), PathBuf::from("/usr/share/datasets/fashion-mnist"));
+    }
+
+    #[test]
+    fn unquoted_override_words_that_toml_reads_as_numbers_stay_text_for_string_keys() {
+        for name in ["nan", "inf", "1", "true", "1979-05-27"] {
+            let c = load(MINIMAL, &[&format!("run.name={name}"), &format!("run.out_dir={name}")]).unwrap();
+            assert_eq!((c.run.name.as_str(), c.run.out_dir.as_path()), (name, Path::new(name)));
+        }
+        let e = load(MINIMAL, &["train.steps=nan"]).unwrap_err().to_string();
+        assert!(e.contains("--set train.steps=nan") && e.contains("invalid type"), "{e}");
     }
 
     #[test]

@@ -19,10 +19,12 @@ pub mod config;
 pub mod data;
 pub mod fid;
 pub mod grid;
+pub mod lock;
 pub mod metrics;
 pub mod monitor;
 pub mod objective;
 pub mod optim;
+pub mod record_check;
 pub mod run;
 pub mod schedule_report;
 pub mod sampling;
@@ -56,6 +58,11 @@ pub enum TrainError {
     RunDir(String),
     #[error("the device failed: {0}")]
     Device(String),
+    #[error(transparent)]
+    Lock(#[from] lock::LockError),
+    /// A non-finite loss, gradient norm or weight at `step`.
+    #[error("step {step}: {message}")]
+    NonFinite { step: u64, message: String },
 }
 
 #[cfg(test)]

@@ -37,6 +37,16 @@ impl Scalar for AssignMilliseconds {
     }
 }
 
+/// Steps whose update was skipped for a non-finite loss or gradient, so far in the session.
+pub struct SkippedSteps(pub u64);
+
+impl Scalar for SkippedSteps {
+    const NAME: &'static str = "Skipped Steps";
+    fn value(&self) -> f64 {
+        self.0 as f64
+    }
+}
+
 /// Records one [`Scalar`] per step.
 pub struct ScalarMetric<S> {
     name: Arc<String>,

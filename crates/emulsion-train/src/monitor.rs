@@ -15,7 +15,7 @@ use burn::train::renderer::{
 };
 use serde::{Deserialize, Serialize};
 
-use crate::metrics::{AssignDistance, AssignMilliseconds, Scalar};
+use crate::metrics::{AssignDistance, AssignMilliseconds, Scalar, SkippedSteps};
 
 /// One line of `metrics.jsonl`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -34,19 +34,26 @@ pub struct MetricsLine {
     /// Mean host milliseconds per step spent assigning noise.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub assign_ms: Option<f64>,
+    /// Steps whose update was skipped for a non-finite loss or gradient (`on_nonfinite = "skip"`),
+    /// so far in the run (all sessions); absent while there are none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub skipped_steps: Option<u64>,
 }
 
-/// A mean over the steps since the last journal line.
-#[derive(Debug, Clone, Copy, Default)]
-struct Running {
-    sum: f64,
-    count: u64,
+/// A mean over the steps since the last journal line; non-finite values (skipped steps) are
+/// left out.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct Running {
+    pub sum: f64,
+    pub count: u64,
 }
 
 impl Running {
-    fn add(&mut self, value: f64) {
-        self.sum += value;
-        self.count += 1;
+    pub fn add(&mut self, value: f64) {
+        if value.is_finite() {
+            self.sum += value;
+            self.count += 1;
+        }
     }
 
     fn take(&mut self) -> Option<f64> {
@@ -54,6 +61,20 @@ impl Running {
         *self = Self::default();
         mean
     }
+}
+
+/// Whether a journal line is written at `step` (every `log_every` steps and at the last); its
+/// window starts afresh after it.
+pub fn journal_line_due(step: u64, log_every: u64, total_steps: u64) -> bool {
+    step % log_every == 0 || step == total_steps
+}
+
+/// The part of a journal line's window that a run has done: what a checkpoint carries so that
+/// a resumed run logs the same means as an uninterrupted one.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct JournalWindow {
+    pub loss: Running,
+    pub distance: Running,
 }
 
 /// Where and how often the monitor reports.
@@ -67,6 +88,8 @@ pub struct MonitorConfig {
     pub log_every: u64,
     /// Training time of earlier sessions of the run.
     pub wall_time_offset: f64,
+    /// The window of the first line, as far as earlier sessions got.
+    pub window: JournalWindow,
 }
 
 pub struct TrainingMonitor {
@@ -78,6 +101,7 @@ pub struct TrainingMonitor {
     loss: Running,
     assign_distance: Running,
     assign_ms: Running,
+    skipped_steps: u64,
     lr: f64,
     last_print: Option<Instant>,
     lines_since_plot: usize,
@@ -87,15 +111,17 @@ impl TrainingMonitor {
     pub fn new(config: MonitorConfig) -> std::io::Result<Self> {
         let journal = OpenOptions::new().create(true).append(true).open(&config.journal)?;
         let now = Instant::now();
+        let window = config.window;
         Ok(Self {
             interval: (now, config.start_step),
             config,
             journal: Some(journal),
             names: HashMap::new(),
             started: now,
-            loss: Running::default(),
-            assign_distance: Running::default(),
+            loss: window.loss,
+            assign_distance: window.distance,
             assign_ms: Running::default(),
+            skipped_steps: 0,
             lr: 0.0,
             last_print: None,
             lines_since_plot: 0,
@@ -119,6 +145,7 @@ impl TrainingMonitor {
             wall_time_s: self.wall_time(),
             assign_distance: self.assign_distance.take(),
             assign_ms: self.assign_ms.take(),
+            skipped_steps: (self.skipped_steps > 0).then_some(self.skipped_steps),
         };
         if let Some(journal) = &mut self.journal {
             // One write per line: FID lines are appended to the same file from another thread.
@@ -164,6 +191,7 @@ impl MetricsRendererTraining for TrainingMonitor {
                 Some("Loss") => self.loss.add(value.current()),
                 Some(AssignDistance::NAME) => self.assign_distance.add(value.current()),
                 Some(AssignMilliseconds::NAME) => self.assign_ms.add(value.current()),
+                Some(SkippedSteps::NAME) => self.skipped_steps = value.current() as u64,
                 Some("Learning Rate") => self.lr = value.current(),
                 _ => {}
             }
@@ -174,7 +202,7 @@ impl MetricsRendererTraining for TrainingMonitor {
 
     fn render_train(&mut self, item: TrainingProgress, _indicators: Vec<ProgressType>) {
         let Some(step) = item.iteration.map(|s| s as u64) else { return };
-        if step % self.config.log_every == 0 || step == self.config.total_steps {
+        if journal_line_due(step, self.config.log_every, self.config.total_steps) {
             self.log(step);
         }
     }
@@ -242,8 +270,9 @@ pub fn truncate_journal(path: &Path, step: u64) -> std::io::Result<()> {
         .map(|l| format!("{l}\n"))
         .collect();
     let tmp = path.with_extension("jsonl.tmp");
-    std::fs::write(&tmp, kept)?;
-    std::fs::rename(tmp, path)
+    std::fs::write(&tmp, kept).and_then(|()| std::fs::rename(&tmp, path)).inspect_err(|_| {
+        let _ = std::fs::remove_file(&tmp);
+    })
 }
 
 /// Draws the loss of each journal line against its step, on a log scale.
@@ -259,19 +288,27 @@ pub fn plot_loss_curve(journal: &Path, out: &Path) -> Result<(), String> {
 
 /// Draws named `(step, value)` series on one chart (a legend when there are several), atomically.
 pub fn plot_curves(series: &[(String, Vec<(f64, f64)>)], caption: &str, y_desc: &str, log_y: bool, out: &Path) -> Result<(), String> {
-    use plotters::prelude::*;
     register_font();
     let all = || series.iter().flat_map(|(_, points)| points.iter()).filter(|p| p.1.is_finite() && (!log_y || p.1 > 0.0));
     if all().next().is_none() {
         return Ok(());
     }
-    let x_max = all().map(|p| p.0).fold(1.0, f64::max);
     let (y_min, y_max) = all().fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), p| (lo.min(p.1), hi.max(p.1)));
     let (y_lo, y_hi) = if log_y { (y_min * 0.9, y_max * 1.1) } else { (y_min.min(0.0), y_max * 1.05 + 1e-9) };
     // plotters picks the image format from the extension, so the temporary name ends in .png.
     let tmp = out.with_extension("tmp.png");
+    let drawn = draw_curves(series, caption, y_desc, log_y, &tmp, all().map(|p| p.0).fold(1.0, f64::max), (y_lo, y_hi)).and_then(|()| std::fs::rename(&tmp, out).map_err(|e| e.to_string()));
+    if drawn.is_err() {
+        // No half-written temporary file outlives a failed plot (a full disk, say).
+        let _ = std::fs::remove_file(&tmp);
+    }
+    drawn
+}
+
+fn draw_curves(series: &[(String, Vec<(f64, f64)>)], caption: &str, y_desc: &str, log_y: bool, tmp: &Path, x_max: f64, (y_lo, y_hi): (f64, f64)) -> Result<(), String> {
+    use plotters::prelude::*;
     {
-        let root = BitMapBackend::new(&tmp, (800, 500)).into_drawing_area();
+        let root = BitMapBackend::new(tmp, (800, 500)).into_drawing_area();
         root.fill(&WHITE).map_err(|e| e.to_string())?;
         let mut builder = ChartBuilder::on(&root);
         builder.caption(caption, ("sans-serif", 22)).margin(12).x_label_area_size(40).y_label_area_size(70);
@@ -300,7 +337,7 @@ pub fn plot_curves(series: &[(String, Vec<(f64, f64)>)], caption: &str, y_desc: 
         }
         root.present().map_err(|e| e.to_string())?;
     }
-    std::fs::rename(&tmp, out).map_err(|e| e.to_string())
+    Ok(())
 }
 
 /// Registers the bundled DejaVu Sans as plotters' `sans-serif`, once.
@@ -331,6 +368,7 @@ mod tests {
             wall_time_s: step as f64,
             assign_distance: Some(50.0),
             assign_ms: None,
+            skipped_steps: None,
         };
         let mut text: String = (1..=5).map(|s| serde_json::to_string(&line(s * 10)).unwrap() + "\n").collect();
         text.push_str("{\"step\": 60, \"lo");

@@ -8,14 +8,9 @@ use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
 use std::collections::HashMap;
 
-/// Scales all gradients of `module` by `min(1, max_norm / ‖g‖₂)`, where `‖g‖₂` is the L2 norm
-/// of every gradient together (PyTorch's `clip_grad_norm_`). Burn's own clipping is per tensor.
-/// Stays on the device: the norm is never read back.
-pub fn clip_grad_global_norm<B: AutodiffBackend, M: Module<B>>(
-    module: &M,
-    mut grads: GradientsParams,
-    max_norm: f64,
-) -> GradientsParams {
+/// `‖g‖₂²`, the squared L2 norm of every gradient of `module` together, `[1]` on the device;
+/// `None` when `grads` holds none of its parameters.
+pub fn grad_norm_squared<B: AutodiffBackend, M: Module<B>>(module: &M, grads: &GradientsParams) -> Option<Tensor<B::InnerBackend, 1>> {
     struct SquaredNorm<'a, B: AutodiffBackend> {
         grads: &'a GradientsParams,
         total: Option<Tensor<B::InnerBackend, 1>>,
@@ -31,6 +26,19 @@ pub fn clip_grad_global_norm<B: AutodiffBackend, M: Module<B>>(
             }
         }
     }
+    let mut norm = SquaredNorm::<B> { grads, total: None };
+    module.visit(&mut norm);
+    norm.total
+}
+
+/// Scales all gradients of `module` by `min(1, max_norm / ‖g‖₂)`, where `‖g‖₂` is the L2 norm
+/// of every gradient together (PyTorch's `clip_grad_norm_`). Burn's own clipping is per tensor.
+/// Stays on the device: the norm is never read back.
+pub fn clip_grad_global_norm<B: AutodiffBackend, M: Module<B>>(
+    module: &M,
+    mut grads: GradientsParams,
+    max_norm: f64,
+) -> GradientsParams {
     struct Scale<'a, B: AutodiffBackend> {
         grads: &'a mut GradientsParams,
         factor: Tensor<B::InnerBackend, 1>,
@@ -44,9 +52,7 @@ pub fn clip_grad_global_norm<B: AutodiffBackend, M: Module<B>>(
         }
     }
 
-    let mut norm = SquaredNorm::<B> { grads: &grads, total: None };
-    module.visit(&mut norm);
-    let Some(squared) = norm.total else { return grads };
+    let Some(squared) = grad_norm_squared::<B, M>(module, &grads) else { return grads };
     // factor = max_norm / max(‖g‖, max_norm): 1 below the threshold, shrinking above it.
     let factor = squared.sqrt().clamp_min(max_norm).recip() * max_norm;
     module.visit(&mut Scale::<B> { grads: &mut grads, factor });

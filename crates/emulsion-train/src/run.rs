@@ -23,14 +23,15 @@ use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
 use emulsion_assign::AssignBackend;
 use burn::train::logger::MetricLogger;
-use crate::metrics::{AssignDistance, AssignMilliseconds, ScalarMetric};
+use crate::metrics::{AssignDistance, AssignMilliseconds, ScalarMetric, SkippedSteps};
 use burn::train::metric::store::{EpochSummary, MetricsUpdate, Split};
 use burn::train::metric::{LearningRateMetric, LossMetric, MetricDefinition, NumericEntry};
 use burn::train::{Learner, SupervisedTraining, TrainingStrategy};
 use emulsion_models::UNetConfig;
 
 use crate::checkpoint::{self, Checkpoint, CheckpointError, CheckpointStore, MODEL, OPTIMIZER, SCHEDULER};
-use crate::config::{Config, SampleConfig, SamplerKind};
+use crate::config::{Config, SampleConfig, SamplerKind, DEFAULT_MAX_SKIPPED_STEPS};
+use crate::lock::{RunLock, LOCK_FILE};
 use crate::data::{self, DataOrder, StepLoader};
 use crate::fid::{fid_due, read_fid_lines, FidPlan};
 use crate::grid::{grid_columns, save_grid};
@@ -122,9 +123,14 @@ where
     B: AutodiffBackend + AssignBackend,
     B::InnerBackend: AssignBackend,
 {
-    let (images, unet) = load_images(config)?;
     let run = RunDir::new(config.run_dir());
+    // One writer per run directory, before anything in it is touched (and before the data is
+    // read, so that a second writer is refused at once).
+    let _lock = RunLock::acquire(&run.root)?;
+    let (images, unet) = load_images(config)?;
     let resume_from = prepare_run_dir(&run, options)?;
+    // Clears what an interrupted write left, before this session writes anything.
+    let store = Arc::new(CheckpointStore::open(&run.checkpoints(), config.train.keep_checkpoints)?);
 
     let mut resolved = config.clone();
     resolved.data.image_size = Some(images.size);
@@ -153,18 +159,18 @@ where
         t.steps
     );
 
-    let (start_step, wall_time_offset) = match &resume_from {
+    let (start_step, wall_time_offset, journal_window, skipped) = match &resume_from {
         Some(ckpt) => {
-            learner.load_model(ckpt.load::<_, B>(MODEL, device)?);
-            learner.load_optim(ckpt.load::<_, B>(OPTIMIZER, device)?);
+            let model = ckpt.load_for::<_, B>(MODEL, &learner.model(), device)?;
+            learner.load_model(model);
+            learner.load_optim(ckpt.load_state_for::<_, _, B>(OPTIMIZER, &learner.model(), device)?);
             learner.load_scheduler(ckpt.load::<_, B>(SCHEDULER, device)?);
             if ckpt.state.seed != config.run.seed {
                 tracing::warn!("the checkpoint was trained with seed {} and the config says {}; the run continues with {}", ckpt.state.seed, config.run.seed, config.run.seed);
             }
-            eprintln!("resuming from {} (step {})", ckpt.dir.display(), ckpt.state.step);
-            (ckpt.state.step, ckpt.state.wall_time_s)
+            (ckpt.state.step, ckpt.state.wall_time_s, ckpt.state.journal_window, ckpt.state.skipped)
         }
-        None => (0, 0.0),
+        None => (0, 0.0, Default::default(), Default::default()),
     };
     let journal = run.metrics();
     truncate_journal(&journal, start_step).map_err(|source| TrainError::Io { path: journal.clone(), source })?;
@@ -200,6 +206,7 @@ where
         total_steps,
         log_every: t.log_every as u64,
         wall_time_offset,
+        window: journal_window,
     })
     .map_err(|source| TrainError::Io { path: journal, source })?;
     let outcome = Arc::new(Mutex::new(Outcome::default()));
@@ -215,6 +222,11 @@ where
             order,
             wall_time_offset,
             checkpoint_files: vec![(CONFIG_FILE.into(), config_toml), (UNET_FILE.into(), unet_json)],
+            on_nonfinite: t.on_nonfinite,
+            max_skipped_steps: t.max_skipped_steps.unwrap_or(DEFAULT_MAX_SKIPPED_STEPS),
+            log_every: t.log_every as u64,
+            journal_window,
+            skipped,
         },
         samples: SamplePlan {
             dir: run.samples(),
@@ -224,7 +236,7 @@ where
             shape: [images.channels, images.size],
         },
         fid,
-        store: Arc::new(CheckpointStore::open(&run.checkpoints(), t.keep_checkpoints)?),
+        store,
         outcome: outcome.clone(),
     };
     SupervisedTraining::new(&run.root, train_loader, valid_loader)
@@ -232,6 +244,7 @@ where
         .metric_train_numeric(LearningRateMetric::new())
         .metric_train_numeric(ScalarMetric::<AssignDistance>::new())
         .metric_train_numeric(ScalarMetric::<AssignMilliseconds>::new())
+        .metric_train_numeric(ScalarMetric::<SkippedSteps>::new())
         .renderer(monitor)
         .with_metric_logger(QuietLogger)
         .with_application_logger(None)
@@ -304,23 +317,69 @@ fn prepare_run_dir(run: &RunDir, options: &TrainOptions) -> Result<Option<Checkp
         }
         Resume::No => {
             if options.overwrite && run.root.exists() {
-                std::fs::remove_dir_all(&run.root).map_err(|source| TrainError::Io { path: run.root.clone(), source })?;
+                // Everything but the lock this process holds.
+                for entry in std::fs::read_dir(&run.root).map_err(|source| TrainError::Io { path: run.root.clone(), source })?.flatten() {
+                    let path = entry.path();
+                    if entry.file_name() != LOCK_FILE {
+                        let removed = if path.is_dir() { std::fs::remove_dir_all(&path) } else { std::fs::remove_file(&path) };
+                        removed.map_err(|source| TrainError::Io { path, source })?;
+                    }
+                }
             }
             None
         }
         Resume::Latest => match existing.last() {
-            Some((_, dir)) => Some(Checkpoint::open(dir)?),
+            Some((_, dir)) => {
+                let ckpt = Checkpoint::open(dir)?;
+                eprintln!("resuming from {} (step {}): the newest complete checkpoint{}", dir.display(), ckpt.state.step, skipped_incomplete(&run.checkpoints(), ckpt.state.step));
+                Some(ckpt)
+            }
             None => {
-                eprintln!("no checkpoint in {} yet: starting the run from scratch", run.checkpoints().display());
+                eprintln!("no complete checkpoint in {} yet: starting the run from scratch{}", run.checkpoints().display(), skipped_incomplete(&run.checkpoints(), 0));
                 None
             }
         },
-        Resume::From(dir) => Some(Checkpoint::open(dir)?),
+        Resume::From(dir) => {
+            let ckpt = Checkpoint::open(dir)?;
+            eprintln!("resuming from {} (step {}): the checkpoint --resume names", dir.display(), ckpt.state.step);
+            set_aside_newer(&run.checkpoints(), &existing, ckpt.state.step)?;
+            Some(ckpt)
+        }
     };
     for dir in [run.root.clone(), run.checkpoints(), run.samples()] {
         std::fs::create_dir_all(&dir).map_err(|source| TrainError::Io { path: dir.clone(), source })?;
     }
     Ok(resume_from)
+}
+
+/// Moves the complete checkpoints newer than `step` (the future of a run resumed from an older
+/// checkpoint) into `abandoned-<unix time>/`, where neither `--resume` nor pruning sees them:
+/// kept, not deleted.
+fn set_aside_newer(root: &Path, existing: &[(u64, PathBuf)], step: u64) -> Result<(), TrainError> {
+    let newer: Vec<&PathBuf> = existing.iter().filter(|(s, _)| *s > step).map(|(_, p)| p).collect();
+    if newer.is_empty() {
+        return Ok(());
+    }
+    let seconds = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let aside = root.join(format!("abandoned-{seconds}"));
+    std::fs::create_dir_all(&aside).map_err(|source| TrainError::Io { path: aside.clone(), source })?;
+    for dir in &newer {
+        let to = aside.join(dir.file_name().unwrap_or_default());
+        std::fs::rename(dir, &to).map_err(|source| TrainError::Io { path: (*dir).clone(), source })?;
+    }
+    eprintln!("moved the {} newer checkpoint(s) of the abandoned continuation to {}", newer.len(), aside.display());
+    Ok(())
+}
+
+/// `; skipped …` naming the checkpoint folders newer than `step` that are incomplete (no
+/// `state.json`: not written by a finished commit), or nothing.
+fn skipped_incomplete(root: &Path, step: u64) -> String {
+    let skipped: Vec<String> = checkpoint::incomplete(root).into_iter().filter(|(s, _)| *s > step).map(|(_, p)| p.display().to_string()).collect();
+    if skipped.is_empty() {
+        String::new()
+    } else {
+        format!("; skipped {} (incomplete: no state.json)", skipped.join(", "))
+    }
 }
 
 /// Metrics go to `metrics.jsonl` through the monitor; Burn's per-epoch log files stay unwritten.
@@ -354,14 +413,19 @@ pub fn sample<B: Backend>(path: &Path, request: &SampleRequest, device: &B::Devi
     let dir = if path.join("state.json").is_file() {
         path.to_path_buf()
     } else {
-        checkpoint::latest(&RunDir::new(path).checkpoints()).map_err(|e| match e {
+        let root = RunDir::new(path).checkpoints();
+        let dir = checkpoint::latest(&root).map_err(|e| match e {
             CheckpointError::NoneFound { dir } => TrainError::RunDir(format!(
-                "no checkpoint in {}: is {} a run directory of a run that reached its first checkpoint?",
+                "no complete checkpoint in {}: is {} a run directory of a run that reached its first checkpoint?{}",
                 dir.display(),
-                path.display()
+                path.display(),
+                skipped_incomplete(&dir, 0)
             )),
             other => other.into(),
-        })?
+        })?;
+        let step = Checkpoint::open(&dir)?.state.step;
+        eprintln!("sampling from {} (step {}): the newest complete checkpoint of {}{}", dir.display(), step, path.display(), skipped_incomplete(&root, step));
+        dir
     };
     let ckpt = Checkpoint::open(&dir)?;
     let config = Config::from_toml(&ckpt.read_file(CONFIG_FILE)?, &dir.join(CONFIG_FILE), &[])?;
@@ -372,7 +436,9 @@ pub fn sample<B: Backend>(path: &Path, request: &SampleRequest, device: &B::Devi
     let recipe = Recipe::from_config(&config);
     let schedule = recipe.objective.schedule().clone();
     let precond = recipe.objective.precond();
-    let trainer: Trainer<B> = recipe.init::<B>(&unet, device).load_record(ckpt.load(MODEL, device)?);
+    let trainer: Trainer<B> = recipe.init::<B>(&unet, device);
+    let record = ckpt.load_for(MODEL, &trainer, device)?;
+    let trainer = trainer.load_record(record);
     let defaults = &config.sample;
     let options = SampleConfig {
         sampler: request.sampler.unwrap_or(defaults.sampler),

@@ -20,8 +20,15 @@ use burn::train::{
 use emulsion_models::Precond;
 use emulsion_schedule::Schedule;
 
-use crate::checkpoint::{CheckpointStore, SaveWhenAsked, StagedPart, TrainState, MODEL, OPTIMIZER, SCHEDULER};
-use crate::config::SampleConfig;
+use burn::module::{ModuleVisitor, Param};
+use burn::prelude::*;
+use burn::tensor::Transaction;
+
+use crate::checkpoint::{CheckpointStore, JournalWindow, SaveWhenAsked, SkipCount, StagedPart, TrainState, MODEL, OPTIMIZER, SCHEDULER};
+use crate::monitor::journal_line_due;
+use crate::config::{OnNonFinite, SampleConfig};
+use crate::optim::grad_norm_squared;
+use crate::trainer::DiffusionOutput;
 use crate::data::DataOrder;
 use crate::fid::{fid_due, FidPlan};
 use crate::grid::{grid_columns, save_grid};
@@ -49,6 +56,15 @@ pub struct StepPlan {
     pub wall_time_offset: f64,
     /// Small text files written into every checkpoint (the resolved config and the model shape).
     pub checkpoint_files: Vec<(String, String)>,
+    /// What a non-finite loss or gradient norm does, and how many skips in a row end the run.
+    pub on_nonfinite: OnNonFinite,
+    pub max_skipped_steps: usize,
+    /// Updates skipped before `start_step`.
+    pub skipped: SkipCount,
+    /// Steps per journal line, and the part of the current line's window done before
+    /// `start_step` (carried in checkpoints, so the journal does not depend on where a run resumed).
+    pub log_every: u64,
+    pub journal_window: JournalWindow,
 }
 
 /// How the periodic sample grids are drawn.
@@ -91,22 +107,28 @@ where
         learner: &Learner<Components<B, O>>,
         step: u64,
         started: Instant,
+        window: &JournalWindow,
+        skipped: &SkipCount,
         store_client: &burn::train::metric::store::EventStoreClient,
     ) -> Result<PathBuf, TrainError>
     where
         O: Optimizer<Trainer<B>, B> + 'static,
     {
+        if !all_finite::<B, _>(&learner.model()) {
+            return Err(TrainError::NonFinite {
+                step,
+                message: "the weights hold non-finite values; no checkpoint is written (the newest one on disk is the last finite state)".into(),
+            });
+        }
         self.store.begin(step)?;
         checkpointer.checkpoint(learner, step as usize, store_client);
         self.store.wait(step, 3)?;
         let plan = &self.plan;
-        let state = TrainState::new(
-            step,
-            plan.seed,
-            plan.order.position(step),
-            step * plan.batch_size as u64,
-            plan.wall_time_offset + started.elapsed().as_secs_f64(),
-        );
+        let state = TrainState {
+            journal_window: *window,
+            skipped: *skipped,
+            ..TrainState::new(step, plan.seed, plan.order.position(step), step * plan.batch_size as u64, plan.wall_time_offset + started.elapsed().as_secs_f64())
+        };
         Ok(self.store.commit(&state, &plan.checkpoint_files)?)
     }
 
@@ -154,19 +176,39 @@ where
         let started = Instant::now();
         let whole_run = Progress::new(1, 1);
         let mut batches = loader.iter();
+        let mut guard = NonFiniteGuard::new(plan.on_nonfinite, plan.max_skipped_steps, plan.skipped);
+        let mut window = plan.journal_window;
         while let Some(batch) = batches.next() {
             let step = batch.step + 1;
             learner.lr_step();
-            let output = learner.train_step(batch);
-            learner.optimizer_step(output.grads);
+            let mut output = learner.train_step(batch);
+            // One read-back per step: a non-finite loss or gradient must stop (or skip) this
+            // step's update before it reaches the weights.
+            let values = StepValues::read::<B>(&learner.model(), &output);
+            let verdict = guard.check(step, &values);
+            if let Ok(Verdict::Apply) = verdict {
+                learner.optimizer_step(output.grads);
+            }
+            // As the monitor's window does: every finite value, applied or skipped.
+            window.loss.add(values.loss);
+            window.distance.add(values.distance);
+            if let Err(e) = verdict {
+                let mut outcome = self.outcome.lock().expect("not poisoned");
+                outcome.error = Some(e);
+                break;
+            }
+            output.item.skipped_steps = guard.skipped.total;
             let item = TrainingItem::new(output.item, batches.progress(), whole_run.clone(), Some(step as usize), Some(learner.lr_current()));
             event_processor.process_train(LearnerEvent::ProcessedItem(item));
+            if journal_line_due(step, plan.log_every, plan.total_steps) {
+                window = JournalWindow::default();
+            }
 
             let last = step == plan.total_steps;
             let mut result = Ok(());
             if step % plan.checkpoint_every == 0 || last {
                 result = self
-                    .checkpoint(&mut checkpointer, &learner, step, started, &event_store)
+                    .checkpoint(&mut checkpointer, &learner, step, started, &window, &guard.skipped, &event_store)
                     .map(|path| self.outcome.lock().expect("not poisoned").last_checkpoint = Some(path));
             }
             if result.is_ok() && ((plan.sample_every > 0 && step % plan.sample_every == 0) || last) {
@@ -191,5 +233,169 @@ where
         }
         event_processor.process_train(LearnerEvent::EndEpoch(1));
         (learner.model(), event_processor)
+    }
+}
+
+/// What one step's read-back says: its loss, gradient norm and mean assigned distance.
+struct StepValues {
+    loss: f64,
+    grad_norm: f64,
+    distance: f64,
+}
+
+impl StepValues {
+    fn read<B: AutodiffBackend + AssignBackend>(model: &Trainer<B>, output: &burn::train::TrainOutput<DiffusionOutput<B>>) -> Self
+    where
+        B::InnerBackend: AssignBackend,
+    {
+        let item = &output.item;
+        let norm = grad_norm_squared::<B, _>(model, &output.grads).unwrap_or_else(|| Tensor::zeros([1], &item.loss.device().clone()));
+        let values: Vec<f64> = Transaction::default()
+            .register(item.loss.clone().inner())
+            .register(norm)
+            .register(item.assign_distance.clone().inner())
+            .execute()
+            .into_iter()
+            .map(|data| data.iter::<f64>().next().unwrap_or(f64::NAN))
+            .collect();
+        Self { loss: values[0], grad_norm: values[1].sqrt(), distance: values[2] }
+    }
+}
+
+/// What a step's update does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Verdict {
+    Apply,
+    /// Dropped (`on_nonfinite = "skip"`).
+    Skip,
+}
+
+/// Watches every step's loss and gradient norm: a non-finite one stops the run or (within
+/// `max_skipped_steps` in a row) drops that step's update.
+struct NonFiniteGuard {
+    policy: OnNonFinite,
+    max_in_a_row: usize,
+    /// Carried across sessions in the checkpoints.
+    skipped: SkipCount,
+    last_finite: Option<(u64, f64)>,
+}
+
+impl NonFiniteGuard {
+    fn new(policy: OnNonFinite, max_in_a_row: usize, skipped: SkipCount) -> Self {
+        Self { policy, max_in_a_row, skipped, last_finite: None }
+    }
+
+    fn check(&mut self, step: u64, values: &StepValues) -> Result<Verdict, TrainError> {
+        if values.loss.is_finite() && values.grad_norm.is_finite() {
+            self.skipped.in_a_row = 0;
+            self.last_finite = Some((step, values.loss));
+            return Ok(Verdict::Apply);
+        }
+        let what = if values.loss.is_finite() {
+            format!("the gradient norm is {} (loss {})", values.grad_norm, values.loss)
+        } else {
+            format!("the loss is {}", values.loss)
+        };
+        let last = match self.last_finite {
+            Some((s, loss)) => format!("the last finite loss was {loss:.6} at step {s}"),
+            None => "no step of this session had a finite loss".into(),
+        };
+        const TRY: &str = "lower train.lr, lengthen train.warmup_steps or set train.grad_clip; resume with --resume from the newest checkpoint (all checkpoints hold finite weights)";
+        match self.policy {
+            OnNonFinite::Stop => Err(TrainError::NonFinite {
+                step,
+                message: format!("{what}; {last}. The run stopped before this update (train.on_nonfinite = \"stop\"): {TRY}, or set train.on_nonfinite = \"skip\""),
+            }),
+            OnNonFinite::Skip => {
+                let in_a_row = self.skipped.in_a_row + 1;
+                if in_a_row > self.max_in_a_row as u64 {
+                    return Err(TrainError::NonFinite {
+                        step,
+                        message: format!(
+                            "{what}: {in_a_row} non-finite steps in a row exceed train.max_skipped_steps = {}; {last}. The run stopped before this update: {TRY}",
+                            self.max_in_a_row
+                        ),
+                    });
+                }
+                self.skipped = SkipCount { total: self.skipped.total + 1, in_a_row };
+                tracing::warn!("step {step}: {what}; its update is skipped ({in_a_row} in a row)");
+                Ok(Verdict::Skip)
+            }
+        }
+    }
+}
+
+/// Whether every float parameter of `module` is finite (one value read back).
+fn all_finite<B: AutodiffBackend, M: burn::module::Module<B>>(module: &M) -> bool {
+    struct Sum<B: AutodiffBackend>(Option<Tensor<B::InnerBackend, 1>>);
+    impl<B: AutodiffBackend> ModuleVisitor<B> for Sum<B> {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+            // x - x is 0 where x is finite and NaN where it is not.
+            let value = param.val().inner();
+            let zero = (value.clone() - value).sum();
+            self.0 = Some(match self.0.take() {
+                Some(total) => total + zero,
+                None => zero,
+            });
+        }
+    }
+    let mut sum = Sum::<B>(None);
+    module.visit(&mut sum);
+    sum.0.is_none_or(|total| total.into_scalar().elem::<f64>().is_finite())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn values(loss: f64, grad_norm: f64) -> StepValues {
+        StepValues { loss, grad_norm, distance: 1.0 }
+    }
+
+    /// What keeps a checkpoint of non-finite weights from being written.
+    #[test]
+    fn one_non_finite_weight_anywhere_is_found() {
+        use burn::nn::LinearConfig;
+        type B = crate::TestAutodiffBackend;
+        let device = Default::default();
+        let linear = LinearConfig::new(3, 2).init::<B>(&device);
+        assert!(all_finite::<B, _>(&linear));
+        for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+            let mut weights = vec![1e30f32; 6];
+            weights[4] = bad;
+            let mut broken = linear.clone();
+            broken.weight = Param::from_tensor(Tensor::<B, 1>::from_floats(weights.as_slice(), &device).reshape([3, 2]));
+            assert!(!all_finite::<B, _>(&broken), "{bad}");
+        }
+        // Huge but finite weights are fine (x - x, not a sum of the weights, is checked).
+        let mut huge = linear.clone();
+        huge.weight = Param::from_tensor(Tensor::<B, 1>::from_floats([3e38f32; 6].as_slice(), &device).reshape([3, 2]));
+        assert!(all_finite::<B, _>(&huge));
+    }
+
+    #[test]
+    fn stop_names_the_step_and_the_last_finite_loss() {
+        let mut guard = NonFiniteGuard::new(OnNonFinite::Stop, 10, SkipCount::default());
+        assert_eq!(guard.check(1, &values(0.5, 2.0)).unwrap(), Verdict::Apply);
+        let e = guard.check(2, &values(f64::NAN, 2.0)).unwrap_err().to_string();
+        assert!(e.contains("step 2: the loss is NaN") && e.contains("0.500000 at step 1") && e.contains("train.lr"), "{e}");
+        let e = NonFiniteGuard::new(OnNonFinite::Stop, 10, SkipCount::default()).check(7, &values(0.3, f64::INFINITY)).unwrap_err().to_string();
+        assert!(e.contains("step 7: the gradient norm is inf") && e.contains("no step of this session"), "{e}");
+    }
+
+    #[test]
+    fn skip_drops_updates_counts_them_and_stops_after_too_many_in_a_row() {
+        let mut guard = NonFiniteGuard::new(OnNonFinite::Skip, 2, SkipCount::default());
+        assert_eq!(guard.check(1, &values(f64::NAN, 1.0)).unwrap(), Verdict::Skip);
+        assert_eq!(guard.check(2, &values(0.1, f64::NAN)).unwrap(), Verdict::Skip);
+        assert_eq!(guard.check(3, &values(0.1, 1.0)).unwrap(), Verdict::Apply, "a finite step ends the run of skips");
+        assert_eq!(guard.check(4, &values(f64::NAN, 1.0)).unwrap(), Verdict::Skip);
+        assert_eq!(guard.check(5, &values(f64::NAN, 1.0)).unwrap(), Verdict::Skip);
+        let e = guard.check(6, &values(f64::NAN, 1.0)).unwrap_err().to_string();
+        assert!(e.contains("step 6") && e.contains("3 non-finite steps in a row") && e.contains("0.100000 at step 3"), "{e}");
+        assert_eq!(guard.skipped, SkipCount { total: 4, in_a_row: 2 }, "the stopping step is not a skipped one");
+        // A resumed run continues the count it checkpointed.
+        let mut resumed = NonFiniteGuard::new(OnNonFinite::Skip, 2, SkipCount { total: 4, in_a_row: 2 });
+        assert!(resumed.check(7, &values(f64::NAN, 1.0)).is_err());
     }
 }

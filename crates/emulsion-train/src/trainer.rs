@@ -16,7 +16,7 @@ use emulsion_assign::{assign, AssignBackend, AssignConfig};
 use crate::data::DiffusionBatch;
 use crate::objective::{Objective, ObjectiveInput};
 use crate::optim::{clip_grad_global_norm, update_ema};
-use crate::metrics::{AssignDistance, AssignMilliseconds};
+use crate::metrics::{AssignDistance, AssignMilliseconds, SkippedSteps};
 use crate::seeds::{self, Stream};
 
 /// Everything about a training step that is not a weight.
@@ -84,7 +84,7 @@ impl<B: AssignBackend> Trainer<B> {
         let DiffusionBatch { images, labels, step } = batch;
         let noise = self.batch_noise(&images, step);
         let loss = self.chunk_loss(images, noise.noise, labels, step, 0);
-        DiffusionOutput { loss, assign_distance: noise.mean_distance, assign_seconds: noise.seconds }
+        DiffusionOutput { loss, assign_distance: noise.mean_distance, assign_seconds: noise.seconds, skipped_steps: 0 }
     }
 
     /// The noise of step `step`'s whole batch, drawn from its own stream and assigned to the
@@ -142,6 +142,14 @@ pub struct DiffusionOutput<B: Backend> {
     pub assign_distance: Tensor<B, 1>,
     /// Host seconds the assignment took.
     pub assign_seconds: f64,
+    /// Steps skipped so far in the session (set by the training strategy).
+    pub skipped_steps: u64,
+}
+
+impl<B: Backend> Adaptor<SkippedSteps> for DiffusionOutput<B> {
+    fn adapt(&self) -> SkippedSteps {
+        SkippedSteps(self.skipped_steps)
+    }
 }
 
 impl<B: Backend> Adaptor<LossInput<B>> for DiffusionOutput<B> {
@@ -178,6 +186,7 @@ impl<B: Backend> ItemLazy for DiffusionOutput<B> {
             loss: Tensor::from_data(loss, &device),
             assign_distance: Tensor::from_data(distance, &device),
             assign_seconds: self.assign_seconds,
+            skipped_steps: self.skipped_steps,
         }
     }
 }
@@ -215,6 +224,7 @@ impl<B: AutodiffBackend + AssignBackend> TrainStep for Trainer<B> {
             loss: total.expect("a batch has images"),
             assign_distance: noise.mean_distance,
             assign_seconds: noise.seconds,
+            skipped_steps: 0,
         };
         TrainOutput { grads: accumulator.grads(), item }
     }

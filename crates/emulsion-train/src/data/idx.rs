@@ -12,7 +12,12 @@ const LABELS_MAGIC: u32 = 2049;
 
 /// Loads the images (and labels, when the matching labels file exists) of a split. `path` is a
 /// folder holding `{train,t10k}-images-idx3-ubyte[.gz]`, or an images file itself.
-pub fn load(path: &Path, split: Split) -> Result<ImageSet, DataError> {
+/// Classes of an IDX dataset unless `data.num_classes` says otherwise: MNIST, Fashion-MNIST and
+/// Kuzushiji-MNIST have ten.
+pub const DEFAULT_CLASSES: usize = 10;
+
+/// Every label must be below `num_classes`.
+pub fn load(path: &Path, split: Split, num_classes: Option<usize>) -> Result<ImageSet, DataError> {
     let images_path = if path.is_dir() {
         let prefix = match split {
             Split::Train => "train",
@@ -39,17 +44,28 @@ pub fn load(path: &Path, split: Split) -> Result<ImageSet, DataError> {
     if rows != cols {
         return Err(malformed(&images_path, format!("images are {rows}x{cols}; only square images are supported")));
     }
+    let chosen = num_classes;
+    let num_classes = num_classes.unwrap_or(DEFAULT_CLASSES);
     let labels = match labels_path(&images_path) {
         Some(labels_path) => {
             let labels = read_labels(&labels_path)?;
             if labels.len() != count {
                 return Err(malformed(&labels_path, format!("{} labels for {count} images", labels.len())));
             }
+            if let Some((record, label)) = labels.iter().enumerate().find(|(_, &l)| l as usize >= num_classes) {
+                return Err(malformed(
+                    &labels_path,
+                    format!("record {record} has label {label}, but the dataset has {num_classes} classes (labels below {num_classes}; set data.num_classes if it has more)"),
+                ));
+            }
             Some(labels)
+        }
+        None if chosen.is_some() => {
+            return Err(malformed(&images_path, "data.num_classes is set, but no labels file (`…-labels-idx1-ubyte[.gz]`) is beside these images".into()));
         }
         None => None,
     };
-    let num_classes = labels.as_ref().map_or(0, |l| *l.iter().max().unwrap_or(&0) as usize + 1);
+    let num_classes = if labels.is_some() { num_classes } else { 0 };
     Ok(ImageSet { pixels, labels, num_classes, channels: 1, size: rows })
 }
 
@@ -171,13 +187,31 @@ pub(crate) mod tests {
         let images: Vec<Vec<u8>> = (0..3).map(|i| vec![i as u8 * 10; 16]).collect();
         write_idx(&dir, "train", &images, 4, true);
         write_idx(&dir, "t10k", &images[..2], 4, false);
-        let train = load(&dir, Split::Train).unwrap();
+        let train = load(&dir, Split::Train, None).unwrap();
         assert_eq!((train.len(), train.size, train.channels), (3, 4, 1));
         assert_eq!(train.image(2), &[20u8; 16][..]);
         assert_eq!(train.labels, Some(vec![0, 1, 2]));
-        assert_eq!(train.num_classes, 3);
-        let test = load(&dir.join("t10k-images-idx3-ubyte"), Split::Train).unwrap();
+        assert_eq!(train.num_classes, 10, "the class count is the dataset's, not the largest label + 1");
+        let test = load(&dir.join("t10k-images-idx3-ubyte"), Split::Train, None).unwrap();
         assert_eq!(test.len(), 2);
+    }
+
+    #[test]
+    fn a_label_beyond_the_class_count_names_the_file_and_record() {
+        let dir = tempdir("labels");
+        write_idx(&dir, "train", &[vec![1; 16], vec![2; 16], vec![3; 16]], 4, false);
+        let labels = dir.join("train-labels-idx1-ubyte");
+        let mut bytes = std::fs::read(&labels).unwrap();
+        bytes[8 + 2] = 200;
+        std::fs::write(&labels, bytes).unwrap();
+        let e = load(&dir, Split::Train, None).unwrap_err().to_string();
+        assert!(e.contains("train-labels-idx1-ubyte") && e.contains("record 2 has label 200") && e.contains("data.num_classes"), "{e}");
+        assert_eq!(load(&dir, Split::Train, Some(201)).unwrap().num_classes, 201);
+        // Without labels, a class count has nothing to apply to.
+        std::fs::remove_file(&labels).unwrap();
+        assert_eq!(load(&dir, Split::Train, None).unwrap().num_classes, 0);
+        let e = load(&dir, Split::Train, Some(12)).unwrap_err().to_string();
+        assert!(e.contains("data.num_classes is set") && e.contains("no labels file"), "{e}");
     }
 
     #[test]
@@ -187,15 +221,15 @@ pub(crate) mod tests {
         let path = dir.join("train-images-idx3-ubyte");
         let bytes = std::fs::read(&path).unwrap();
         std::fs::write(&path, &bytes[..bytes.len() - 5]).unwrap();
-        let e = load(&dir, Split::Train).unwrap_err().to_string();
+        let e = load(&dir, Split::Train, None).unwrap_err().to_string();
         assert!(e.contains("train-images-idx3-ubyte") && e.contains("truncated"), "{e}");
         std::fs::write(&path, b"not an idx file at all").unwrap();
-        let e = load(&dir, Split::Train).unwrap_err().to_string();
+        let e = load(&dir, Split::Train, None).unwrap_err().to_string();
         assert!(e.contains("magic number"), "{e}");
         std::fs::write(&path, [0x1f, 0x8b, 1, 2, 3]).unwrap();
-        let e = load(&dir, Split::Train).unwrap_err().to_string();
+        let e = load(&dir, Split::Train, None).unwrap_err().to_string();
         assert!(e.contains("gzip"), "{e}");
-        let e = load(&dir, Split::Test).unwrap_err().to_string();
+        let e = load(&dir, Split::Test, None).unwrap_err().to_string();
         assert!(e.contains("t10k-images-idx3-ubyte") && e.contains("not found"), "{e}");
     }
 }

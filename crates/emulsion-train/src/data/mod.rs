@@ -108,7 +108,7 @@ pub fn load(config: &Config) -> Result<ImageSet, DataError> {
     let path = config.data_path().expect("validated: every dataset kind has a path");
     let mut set = match config.data.dataset {
         DatasetKind::Cifar10 => cifar::load(&path, config.data.split)?,
-        DatasetKind::Idx => idx::load(&path, config.data.split)?,
+        DatasetKind::Idx => idx::load(&path, config.data.split, config.data.num_classes)?,
         DatasetKind::Folder => {
             let size = config.image_size().expect("validated: folder datasets have a size");
             folder::load(&path, config.data.channels.unwrap_or(3), size)?

@@ -13,7 +13,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
-use emulsion_train::config::DeviceChoice;
+use emulsion_train::config::{DeviceChoice, SamplerKind};
 use emulsion_train::{Config, Resume, SampleRequest, TrainOptions};
 
 #[derive(Parser)]
@@ -61,9 +61,9 @@ struct FidArgs {
     /// Images per Inception batch.
     #[arg(long, default_value_t = 100)]
     batch: usize,
-    /// Where the network runs: auto, cpu, ndarray, wgpu or cuda.
-    #[arg(long, default_value = "auto")]
-    device: String,
+    /// Where the network runs.
+    #[arg(long, value_enum, default_value_t = DeviceChoice::Auto)]
+    device: DeviceChoice,
     /// The converted Inception weights (made by scripts/fetch_inception.sh).
     #[arg(long, default_value = emulsion_fid::DEFAULT_WEIGHTS)]
     weights: PathBuf,
@@ -73,10 +73,11 @@ struct FidArgs {
 struct SweepArgs {
     /// The sweep file, e.g. configs/sweeps/fmnist_methods.toml.
     file: PathBuf,
-    /// Devices to run on side by side, comma separated (cuda:0,cuda:1 pins GPUs through
-    /// CUDA_VISIBLE_DEVICES); default: one run at a time on each run's run.device.
+    /// Devices to run on side by side, comma separated: auto, cpu, ndarray, wgpu, cuda, or
+    /// cuda:N (pins GPU N through CUDA_VISIBLE_DEVICES); default: one run at a time on each
+    /// run's run.device.
     #[arg(long, value_delimiter = ',')]
-    devices: Vec<String>,
+    devices: Vec<sweep_runner::DeviceSlot>,
     /// List the runs and their state, run nothing.
     #[arg(long)]
     dry_run: bool,
@@ -103,9 +104,9 @@ struct BenchTrainArgs {
     /// Override a config key, e.g. --set train.micro_batch=0 (repeatable; applied in order).
     #[arg(long = "set", value_name = "KEY=VALUE")]
     overrides: Vec<String>,
-    /// Where to run: auto, cpu, ndarray, wgpu or cuda (overrides run.device).
-    #[arg(long)]
-    device: Option<String>,
+    /// Where to run (overrides run.device).
+    #[arg(long, value_enum)]
+    device: Option<DeviceChoice>,
     /// Optimiser steps in all: the first, the warm-up, then the timed windows (the default
     /// gives five windows, an odd count, so the median is one of them).
     #[arg(long, default_value_t = 31)]
@@ -123,9 +124,9 @@ struct BenchTrainArgs {
 
 #[derive(Args)]
 struct BenchFidArgs {
-    /// Where the network runs: auto, cpu, ndarray, wgpu or cuda.
-    #[arg(long, default_value = "auto")]
-    device: String,
+    /// Where the network runs.
+    #[arg(long, value_enum, default_value_t = DeviceChoice::Auto)]
+    device: DeviceChoice,
     /// Images in all; the first batch is start-up, the rest is timed.
     #[arg(long, default_value_t = 1000)]
     n: usize,
@@ -146,8 +147,8 @@ struct BenchFidArgs {
 #[derive(Args)]
 struct BenchAssignArgs {
     /// Batch sizes, comma separated.
-    #[arg(long, default_value = "128,512,1024")]
-    batch: String,
+    #[arg(long, value_delimiter = ',', default_values_t = [128, 512, 1024])]
+    batch: Vec<usize>,
     /// Values per image (3072 = 3x32x32).
     #[arg(long, default_value_t = 3072)]
     dim: usize,
@@ -169,9 +170,9 @@ struct BenchAssignArgs {
     /// Do not time scipy.
     #[arg(long)]
     no_scipy: bool,
-    /// Where the distance kernel, the device auctions and KNN run: auto, cpu, ndarray, wgpu or cuda.
-    #[arg(long, default_value = "auto")]
-    device: String,
+    /// Where the distance kernel, the device auctions and KNN run.
+    #[arg(long, value_enum, default_value_t = DeviceChoice::Auto)]
+    device: DeviceChoice,
     #[arg(long, default_value_t = 0)]
     seed: u64,
 }
@@ -181,11 +182,11 @@ enum ScheduleCommand {
     /// Print `t,lambda,alpha,sigma` of schedule NAME: its own λ(t) with the shift applied and no
     /// truncation, and the VP α and σ, one row per t, at full f64 precision.
     Dump {
-        /// cosine, cosine_discrete, linear, laplace, cauchy, lognormal or flow.
-        name: String,
+        #[arg(value_enum)]
+        name: emulsion_schedule::ScheduleKind,
         /// The times, comma separated, each in (0, 1).
-        #[arg(long, default_value = "0.1,0.25,0.5,0.75,0.9")]
-        t: String,
+        #[arg(long, value_delimiter = ',', default_values_t = [0.1, 0.25, 0.5, 0.75, 0.9])]
+        t: Vec<f64>,
         /// A parameter of the schedule (mu=0.5) or a `diffusion` key (shift=2); repeatable.
         #[arg(long = "set", value_name = "PARAM=VALUE")]
         settings: Vec<String>,
@@ -204,9 +205,9 @@ struct TrainArgs {
     /// Override a config key, e.g. --set train.steps=2000 (repeatable; applied in order).
     #[arg(long = "set", value_name = "KEY=VALUE")]
     overrides: Vec<String>,
-    /// Where to run: auto, cpu, ndarray, wgpu or cuda (overrides run.device).
-    #[arg(long)]
-    device: Option<String>,
+    /// Where to run (overrides run.device).
+    #[arg(long, value_enum)]
+    device: Option<DeviceChoice>,
     /// Continue the run from its newest checkpoint, or from the checkpoint folder PATH.
     #[arg(long, value_name = "PATH")]
     resume: Option<Option<PathBuf>>,
@@ -225,9 +226,9 @@ struct SampleArgs {
     /// Number of images.
     #[arg(long, default_value_t = 64)]
     n: usize,
-    /// Sampler: ddim, ddpm, euler, heun, dpmpp_2m, or consistency for a consistency model (default: the run's sample.sampler).
-    #[arg(long)]
-    sampler: Option<String>,
+    /// Sampler (consistency for a consistency model; default: the run's sample.sampler).
+    #[arg(long, value_enum)]
+    sampler: Option<SamplerKind>,
     /// Noise levels (Heun evaluates the network 2·steps − 1 times; default: the run's sample.steps).
     #[arg(long)]
     steps: Option<usize>,
@@ -246,9 +247,9 @@ struct SampleArgs {
     /// Output PNG.
     #[arg(long, default_value = "grid.png")]
     out: PathBuf,
-    /// Where to run: auto, cpu, ndarray, wgpu or cuda.
-    #[arg(long, default_value = "auto")]
-    device: String,
+    /// Where to run.
+    #[arg(long, value_enum, default_value_t = DeviceChoice::Auto)]
+    device: DeviceChoice,
 }
 
 fn main() -> ExitCode {
@@ -294,21 +295,10 @@ fn use_kernel_cache(explicit: Option<&std::path::Path>) -> Result<()> {
     Ok(())
 }
 
-/// `value` of flag `--flag` as the config enum `T`; a bad value lists the valid ones.
-fn parse_flag<T: serde::de::DeserializeOwned>(flag: &str, value: &str) -> Result<T> {
-    toml::Value::String(value.to_string())
-        .try_into()
-        .map_err(|e: toml::de::Error| anyhow::anyhow!("--{flag} {value}: {}", e.message()))
-}
-
-fn parse_device(value: &str) -> Result<DeviceChoice> {
-    parse_flag("device", value)
-}
-
 fn train(args: TrainArgs) -> Result<()> {
     let mut config = Config::load(&args.config, &args.overrides)?;
-    if let Some(device) = &args.device {
-        config.run.device = parse_device(device)?;
+    if let Some(device) = args.device {
+        config.run.device = device;
     }
     if args.dry_run {
         print!("{}", config.to_toml());
@@ -340,7 +330,7 @@ fn train(args: TrainArgs) -> Result<()> {
 fn sample(args: SampleArgs) -> Result<()> {
     let request = SampleRequest {
         n: args.n,
-        sampler: args.sampler.as_deref().map(|v| parse_flag("sampler", v)).transpose()?,
+        sampler: args.sampler,
         steps: args.steps,
         eta: args.eta,
         seed: args.seed,
@@ -350,7 +340,7 @@ fn sample(args: SampleArgs) -> Result<()> {
     };
     anyhow::ensure!(request.n > 0, "--n must be at least 1");
     anyhow::ensure!(request.steps != Some(0), "--steps must be at least 1");
-    let backend = device::resolve(parse_device(&args.device)?)?;
+    let backend = device::resolve(args.device)?;
     let out = on_backend!(backend, B => {
         emulsion_train::sample::<B>(&args.run_dir, &request, &Default::default())
     })
@@ -366,7 +356,7 @@ fn fid(args: FidArgs) -> Result<()> {
         args.paths.len() == 2 || args.save_stats.is_some(),
         "give two image sets to compare, or one with --save-stats OUT.npz"
     );
-    let backend = device::resolve(parse_device(&args.device)?)?;
+    let backend = device::resolve(args.device)?;
     let needs_network = args.paths.iter().any(|p| !emulsion_train::fid::is_stats_file(p));
     if needs_network {
         eprintln!("device: {}", backend.describe());
@@ -462,8 +452,8 @@ fn schedule(command: ScheduleCommand) -> Result<()> {
     use emulsion_train::schedule_report;
     match command {
         ScheduleCommand::Dump { name, t, settings } => {
-            let ts = schedule_report::parse_ts(&t).map_err(anyhow::Error::msg)?;
-            let config = schedule_report::resolve(&name, &settings)?;
+            let ts = schedule_report::check_ts(t).map_err(anyhow::Error::msg)?;
+            let config = schedule_report::resolve(name.name(), &settings)?;
             print!("{}", schedule_report::dump_csv(&config.schedule(), &ts));
         }
         ScheduleCommand::Plot { out } => {
@@ -480,8 +470,8 @@ fn schedule(command: ScheduleCommand) -> Result<()> {
 
 fn bench_train(args: BenchTrainArgs, started: Instant) -> Result<()> {
     let mut config = Config::load(&args.config, &args.overrides)?;
-    if let Some(device) = &args.device {
-        config.run.device = parse_device(device)?;
+    if let Some(device) = args.device {
+        config.run.device = device;
     }
     let options = emulsion_train::bench::TrainBenchOptions { steps: args.steps, warmup: args.warmup, window: args.window };
     options.validate().map_err(|e| anyhow::anyhow!("--steps {}: {e}", args.steps))?;
@@ -497,7 +487,7 @@ fn bench_train(args: BenchTrainArgs, started: Instant) -> Result<()> {
 }
 
 fn bench_fid(args: BenchFidArgs, started: Instant) -> Result<()> {
-    let backend = device::resolve(parse_device(&args.device)?)?;
+    let backend = device::resolve(args.device)?;
     eprintln!("device: {}", backend.describe());
     let mut report = on_backend!(backend, B => {
         emulsion_train::bench::bench_fid::<B>(&args.weights, args.n, args.batch, args.size, &Default::default(), started, &|| device::memory_mib(backend))
@@ -522,7 +512,7 @@ fn bench_assign(args: BenchAssignArgs) -> Result<()> {
     anyhow::ensure!(args.epsilon > 0.0 && args.epsilon.is_finite(), "--epsilon must be positive");
     if let Some(path) = &args.costs {
         let costs = npy::read_costs(path)?;
-        let backend = device::resolve(parse_device(&args.device)?)?;
+        let backend = device::resolve(args.device)?;
         eprintln!("device: {}", backend.describe());
         let table = on_backend!(backend, B => bench::bench_costs::<B>(&costs, args.repeats, args.epsilon, &Default::default()));
         print!("{table}");
@@ -530,18 +520,12 @@ fn bench_assign(args: BenchAssignArgs) -> Result<()> {
     }
     anyhow::ensure!(args.dim > 0, "--dim must be at least 1");
     anyhow::ensure!(args.k > 0, "--k must be at least 1");
-    let batches = args
-        .batch
-        .split(',')
-        .map(|b| match b.trim().parse::<usize>() {
-            Ok(n) if n > 0 => Ok(n),
-            _ => Err(anyhow::anyhow!("--batch: `{}` is not a positive integer", b.trim())),
-        })
-        .collect::<Result<Vec<_>>>()?;
+    anyhow::ensure!(args.batch.iter().all(|&b| b > 0), "--batch: batch sizes must be at least 1");
+    let batches = args.batch;
     let scipy = (!args.no_scipy && args.scipy_script.is_file()).then(|| args.scipy_script.clone());
     let options =
         bench::BenchOptions { batches, dim: args.dim, repeats: args.repeats, k: args.k, epsilon: args.epsilon, scipy, seed: args.seed };
-    let backend = device::resolve(parse_device(&args.device)?)?;
+    let backend = device::resolve(args.device)?;
     eprintln!("device: {}", backend.describe());
     let table = on_backend!(backend, B => bench::bench_assign::<B>(&options, &Default::default()));
     print!("{table}");

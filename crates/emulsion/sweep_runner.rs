@@ -9,28 +9,59 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
+use clap::ValueEnum;
+use emulsion_train::config::DeviceChoice;
 use emulsion_train::sweep::SweepRun;
 
 /// A run that fails sooner than this did not start: its device slot takes no more runs.
 const START_FAILURE: Duration = Duration::from_secs(30);
 
-/// Runs `runs`, on `devices` side by side when given; returns a line for each failed run.
-pub fn run_all(base: &Path, runs: Vec<SweepRun>, devices: &[String]) -> Result<Vec<String>> {
-    let devices: Vec<String> = devices.iter().map(|d| d.trim().to_string()).collect();
-    for device in &devices {
-        let (name, index) = device.split_once(':').unwrap_or((device, ""));
-        anyhow::ensure!(
-            ["auto", "cpu", "ndarray", "wgpu", "cuda"].contains(&name),
-            "--devices: `{device}` is not a device (auto, cpu, ndarray, wgpu, cuda or cuda:N)"
-        );
-        anyhow::ensure!(index.is_empty() || (name == "cuda" && index.parse::<u32>().is_ok()), "--devices: `{device}`: only cuda takes a device index, cuda:N");
+/// One device of `--devices`: a device of `--device`, or `cuda:N` for GPU N.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DeviceSlot {
+    pub choice: DeviceChoice,
+    pub gpu: Option<u32>,
+}
+
+impl std::str::FromStr for DeviceSlot {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        let text = text.trim();
+        let (name, gpu) = match text.split_once(':') {
+            Some((name, gpu)) => (name, Some(gpu)),
+            None => (text, None),
+        };
+        let choice = DeviceChoice::from_str(name, false).map_err(|_| {
+            let names: Vec<String> = DeviceChoice::value_variants().iter().filter_map(|d| d.to_possible_value()).map(|v| v.get_name().to_string()).collect();
+            format!("`{text}` is not a device: {}, or cuda:N", names.join(", "))
+        })?;
+        let gpu = match (choice, gpu.map(str::parse::<u32>)) {
+            (_, None) => None,
+            (DeviceChoice::Cuda, Some(Ok(n))) => Some(n),
+            _ => return Err(format!("`{text}`: only cuda takes a GPU index, as cuda:N")),
+        };
+        Ok(Self { choice, gpu })
     }
+}
+
+impl std::fmt::Display for DeviceSlot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.gpu {
+            Some(n) => write!(f, "{}:{n}", self.choice),
+            None => write!(f, "{}", self.choice),
+        }
+    }
+}
+
+/// Runs `runs`, on `devices` side by side when given; returns a line for each failed run.
+pub fn run_all(base: &Path, runs: Vec<SweepRun>, devices: &[DeviceSlot]) -> Result<Vec<String>> {
     let exe = std::env::current_exe().context("locating the emulsion binary")?;
     let total = runs.len();
     let queue = Mutex::new(runs.into_iter().enumerate().collect::<VecDeque<_>>());
     let failures = Mutex::new(Vec::new());
     let side_by_side = devices.len() > 1;
-    let slots: Vec<Option<&str>> = if devices.is_empty() { vec![None] } else { devices.iter().map(|d| Some(d.as_str())).collect() };
+    let slots: Vec<Option<DeviceSlot>> = if devices.is_empty() { vec![None] } else { devices.iter().copied().map(Some).collect() };
     std::thread::scope(|scope| {
         for device in slots {
             let (queue, failures, exe) = (&queue, &failures, &exe);
@@ -55,21 +86,17 @@ pub fn run_all(base: &Path, runs: Vec<SweepRun>, devices: &[String]) -> Result<V
 
 /// `emulsion train BASE --set … --resume [--device D]`; output goes to `<run>/train.log` when
 /// runs share the terminal.
-fn train_one(exe: &Path, base: &Path, run: &SweepRun, device: Option<&str>, to_log: bool) -> Result<()> {
+fn train_one(exe: &Path, base: &Path, run: &SweepRun, device: Option<DeviceSlot>, to_log: bool) -> Result<()> {
     let mut command = Command::new(exe);
     command.arg("train").arg(base).arg("--resume");
     for o in &run.overrides {
         command.arg("--set").arg(o);
     }
-    match device.map(|d| d.split_once(':').unwrap_or((d, ""))) {
-        Some(("cuda", index)) if !index.is_empty() => {
-            command.env("CUDA_VISIBLE_DEVICES", index).arg("--device").arg("cuda");
+    if let Some(slot) = device {
+        command.arg("--device").arg(slot.choice.to_string());
+        if let Some(gpu) = slot.gpu {
+            command.env("CUDA_VISIBLE_DEVICES", gpu.to_string());
         }
-        Some((name, "")) => {
-            command.arg("--device").arg(name);
-        }
-        Some((name, index)) => anyhow::bail!("--devices {name}:{index}: only cuda takes a device index"),
-        None => {}
     }
     if to_log {
         std::fs::create_dir_all(&run.run_dir).with_context(|| format!("creating {}", run.run_dir.display()))?;

@@ -54,6 +54,7 @@ pub trait LogSnr {
 
 /// The schedules, by name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum), value(rename_all = "snake_case"))]
 #[serde(rename_all = "snake_case")]
 pub enum ScheduleKind {
     /// `λ(t) = -2 ln tan(π t / 2)` (Nichol & Dhariwal 2021, continuous form).
@@ -69,6 +70,7 @@ pub enum ScheduleKind {
     Cauchy,
     /// EDM's log-normal noise levels, `ln s ~ N(P_mean, P_std²)`.
     #[serde(rename = "lognormal")]
+    #[cfg_attr(feature = "clap", value(name = "lognormal"))]
     LogNormal,
     /// Uniform rectified-flow time, `λ(t) = 2 ln((1 - t) / t)`.
     Flow,

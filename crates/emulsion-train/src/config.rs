@@ -55,6 +55,7 @@ impl Default for RunConfig {
 
 /// Where tensors live. The backend must have been compiled into the binary.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum), value(rename_all = "lowercase"))]
 #[serde(rename_all = "lowercase")]
 pub enum DeviceChoice {
     /// CUDA if compiled in and present, else a WGPU GPU if one exists, else the CPU.
@@ -667,6 +668,7 @@ pub enum Spacing {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum), value(rename_all = "lowercase"))]
 #[serde(rename_all = "lowercase")]
 pub enum SamplerKind {
     /// DDIM (Song et al. 2021) with configurable η.
@@ -680,6 +682,7 @@ pub enum SamplerKind {
     Heun,
     /// DPM-Solver++(2M) (Lu et al. 2022).
     #[serde(rename = "dpmpp_2m")]
+    #[cfg_attr(feature = "clap", value(name = "dpmpp_2m"))]
     Dpmpp2m,
     /// Consistency-model sampling (Song et al. 2023): `steps` evaluations of `f`, for `ct`.
     Consistency,

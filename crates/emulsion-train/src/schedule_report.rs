@@ -49,13 +49,11 @@ pub fn dump_csv(schedule: &Schedule, ts: &[f64]) -> String {
 }
 
 /// Parses `0.1,0.5,0.9`; every `t` must lie in `(0, 1)`.
-pub fn parse_ts(list: &str) -> Result<Vec<f64>, String> {
-    list.split(',')
-        .map(|item| {
-            let t: f64 = item.trim().parse().map_err(|_| format!("--t: `{}` is not a number", item.trim()))?;
-            if t > 0.0 && t < 1.0 { Ok(t) } else { Err(format!("--t: {t} is outside (0, 1)")) }
-        })
-        .collect()
+pub fn check_ts(ts: Vec<f64>) -> Result<Vec<f64>, String> {
+    match ts.iter().find(|&&t| !(t > 0.0 && t < 1.0)) {
+        Some(t) => Err(format!("--t: {t} is outside (0, 1)")),
+        None => Ok(ts),
+    }
 }
 
 /// Draws `p(λ)` (left) and `λ(t)` (right) of each schedule on one figure.
@@ -157,7 +155,7 @@ mod tests {
         assert!(e.contains("laplace") && e.contains("cosine"), "{e}");
         let e = resolve("laplace", &["gamma=2".into()]).unwrap_err().to_string();
         assert!(e.contains("gamma"), "{e}");
-        assert!(parse_ts("0.1, 0.5").is_ok() && parse_ts("0.1,1").is_err() && parse_ts("x").is_err());
+        assert!(check_ts(vec![0.1, 0.5]).is_ok() && check_ts(vec![0.1, 1.0]).is_err() && check_ts(vec![f64::NAN]).is_err());
     }
 
     #[test]

@@ -123,7 +123,7 @@ fn malformed_configs_name_the_key_and_never_panic() {
         &["`diffusion.lambda_min`", "holds none of the `linear` schedule's log-SNRs"],
     );
     fails_with(emulsion(&["train", "configs/quickstart.toml", "--set", "train.steps=x"]), &["--set train.steps=x", "`train.steps`"]);
-    fails_with(emulsion(&["train", "configs/quickstart.toml", "--device", "tpu"]), &["--device tpu", "`cpu`"]);
+    usage_error(emulsion(&["train", "configs/quickstart.toml", "--device", "tpu"]), &["'tpu'", "--device", "cpu"]);
     fails_with(emulsion(&["train", &dir.join("absent.toml").to_string_lossy()]), &["absent.toml"]);
     // The images' size is known only once the IDX files are read: checked then, not panicked on.
     let out_dir = format!("run.out_dir={}", dir.display());
@@ -160,7 +160,7 @@ fn schedule_dump_prints_the_formulas_and_plot_draws_them() {
     let cosine = rows(ok(emulsion(&["schedule", "dump", "cosine", "--t", "0.3", "--set", "shift=2"])));
     let lambda = -2.0 * (std::f64::consts::FRAC_PI_2 * 0.3).tan().ln() - 2.0 * 2f64.ln();
     assert!((cosine[0][1] - lambda).abs() < 1e-14);
-    fails_with(emulsion(&["schedule", "dump", "laplacian"]), &["`laplacian`", "unknown variant", "`laplace`"]);
+    usage_error(emulsion(&["schedule", "dump", "laplacian"]), &["'laplacian'", "possible values", "laplace"]);
     fails_with(emulsion(&["schedule", "dump", "cauchy", "--set", "gamma=0"]), &["`diffusion.cauchy.gamma`", "positive"]);
     fails_with(emulsion(&["schedule", "dump", "cosine", "--t", "1.5"]), &["--t", "outside (0, 1)"]);
 
@@ -251,7 +251,7 @@ fn quickstart_data_trains_samples_and_fills_the_run_directory() {
         ok(emulsion(&["sample", run.to_str().unwrap(), "--n", "2", "--steps", "2", "--sampler", sampler, "--out", grid.to_str().unwrap(), "--device", "cpu"]));
         assert!(grid.is_file(), "{sampler}");
     }
-    fails_with(emulsion(&["sample", run.to_str().unwrap(), "--sampler", "plms", "--device", "cpu"]), &["--sampler plms", "`heun`", "`dpmpp_2m`"]);
+    usage_error(emulsion(&["sample", run.to_str().unwrap(), "--sampler", "plms", "--device", "cpu"]), &["'plms'", "--sampler", "possible values", "heun", "dpmpp_2m"]);
     fails_with(emulsion(&["sample", out.to_str().unwrap(), "--device", "cpu"]), &["no complete checkpoint"]);
 }
 
@@ -721,4 +721,36 @@ fn resuming_from_an_older_checkpoint_sets_the_newer_ones_aside() {
     assert_eq!(names[1], "step-00000004", "the new step 4 is kept although keep_checkpoints = 1 would prune by step alone");
     let aside = checkpoints.join(&names[0]);
     assert!(names[0].starts_with("abandoned-") && aside.join("step-00000004/state.json").is_file() && aside.join("step-00000006/state.json").is_file(), "{names:?}");
+}
+
+/// Enumerated flags are the config's own enums, parsed by clap: a bad value is refused before
+/// anything runs, with the valid values listed.
+#[test]
+fn bad_flag_values_are_refused_with_the_valid_ones_listed() {
+    let listed = |args: &[&str], bad: &str, valid: &[&str]| {
+        let mut wanted = vec![bad, "possible values"];
+        wanted.extend_from_slice(valid);
+        usage_error(emulsion(args), &wanted);
+    };
+    listed(&["train", "configs/quickstart.toml", "--device", "tpu"], "'tpu'", &["auto", "cpu", "ndarray", "wgpu", "cuda"]);
+    listed(&["fid", "a", "b", "--device", "gpu"], "'gpu'", &["auto", "cuda"]);
+    listed(&["bench", "assign", "--device", "x"], "'x'", &["ndarray"]);
+    listed(&["schedule", "dump", "sigmoid"], "'sigmoid'", &["cosine_discrete", "lognormal", "laplace", "flow"]);
+    usage_error(emulsion(&["sweep", "x.toml", "--devices", "cpu,tpu"]), &["`tpu` is not a device", "auto, cpu, ndarray, wgpu, cuda, or cuda:N"]);
+    usage_error(emulsion(&["sweep", "x.toml", "--devices", "cpu:1"]), &["only cuda takes a GPU index"]);
+    usage_error(emulsion(&["bench", "assign", "--batch", "8,x"]), &["'x'", "--batch"]);
+    usage_error(emulsion(&["schedule", "dump", "cosine", "--t", "0.5,y"]), &["'y'", "--t"]);
+}
+
+/// A command line clap refuses: exit code 2 (the convention for usage errors), no panic.
+fn usage_error(output: Output, needles: &[&str]) {
+    let err = stderr(&output);
+    assert_eq!(output.status.code(), Some(2), "expected exit code 2, got {}:
+{err}", output.status);
+    assert!(!err.contains("panicked"), "panicked:
+{err}");
+    for needle in needles {
+        assert!(err.contains(needle), "stderr lacks {needle:?}:
+{err}");
+    }
 }

@@ -310,8 +310,11 @@ def normal_cdf(x):
 
 def schedule(config):
     d = config.get("diffusion", {})
-    name = d.get("schedule", "cosine")
-    p = {**SCHEDULE_DEFAULTS.get(name, {}), **d.get(name, {})}
+    # `schedule` is a curve's name or a table with its `type` and parameters.
+    chosen = d.get("schedule", "cosine")
+    chosen = chosen if isinstance(chosen, dict) else {"type": chosen}
+    name = chosen["type"]
+    p = {**SCHEDULE_DEFAULTS.get(name, {}), **{k: v for k, v in chosen.items() if k != "type"}}
     if name == "cosine":
         lam, t_of = (lambda t: -2 * torch.log(torch.tan(math.pi * t / 2))), (lambda l: 2 / math.pi * math.atan(math.exp(-l / 2)))
     elif name == "lognormal":

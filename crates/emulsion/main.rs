@@ -7,7 +7,7 @@ mod device;
 mod kernel_cache;
 mod sweep_runner;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 use std::process::ExitCode;
 
@@ -182,8 +182,8 @@ enum ScheduleCommand {
     /// Print `t,lambda,alpha,sigma` of schedule NAME: its own λ(t) with the shift applied and no
     /// truncation, and the VP α and σ, one row per t, at full f64 precision.
     Dump {
-        #[arg(value_enum)]
-        name: emulsion_schedule::ScheduleKind,
+        #[arg(value_parser = clap::builder::PossibleValuesParser::new(emulsion_schedule::Curve::NAMES))]
+        name: String,
         /// The times, comma separated, each in (0, 1).
         #[arg(long, value_delimiter = ',', default_values_t = [0.1, 0.25, 0.5, 0.75, 0.9])]
         t: Vec<f64>,
@@ -252,14 +252,20 @@ struct SampleArgs {
     device: DeviceChoice,
 }
 
+/// The log filter without `EMULSION_LOG`: Emulsion's crates at info, everything else at warn.
+const DEFAULT_LOG: &str = "warn,emulsion=info,emulsion_train=info,emulsion_fid=info,emulsion_assign=info,emulsion_schedule=info,emulsion_models=info";
+
 fn main() -> ExitCode {
     let started = Instant::now();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("EMULSION_LOG").unwrap_or_else(|_| "warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    // The libraries report through `tracing`: progress and what a run did at info, problems at
+    // warn; other crates (Burn, CubeCL, wgpu) only at warn. `EMULSION_LOG` (or `RUST_LOG`) takes
+    // an env-filter directive instead, e.g. `EMULSION_LOG=debug` or `EMULSION_LOG=warn`.
+    let filter = tracing_subscriber::EnvFilter::try_from_env("EMULSION_LOG")
+        .or_else(|_| tracing_subscriber::EnvFilter::try_from_default_env())
+        .unwrap_or_else(|_| DEFAULT_LOG.into());
+    // Plain lines, without colour codes, where stderr is a file or a pipe.
+    let colour = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(colour).without_time().with_target(false).init();
     let cli = Cli::parse();
     if let Err(error) = use_kernel_cache(cli.kernel_cache.as_deref()) {
         eprintln!("error: {error:#}");
@@ -453,13 +459,13 @@ fn schedule(command: ScheduleCommand) -> Result<()> {
     match command {
         ScheduleCommand::Dump { name, t, settings } => {
             let ts = schedule_report::check_ts(t).map_err(anyhow::Error::msg)?;
-            let config = schedule_report::resolve(name.name(), &settings)?;
-            print!("{}", schedule_report::dump_csv(&config.schedule(), &ts));
+            let schedule = schedule_report::resolve(&name, &settings)?;
+            print!("{}", schedule_report::dump_csv(&schedule, &ts));
         }
         ScheduleCommand::Plot { out } => {
-            let all = emulsion_schedule::ScheduleKind::ALL
+            let all = emulsion_schedule::Curve::NAMES
                 .iter()
-                .map(|kind| Ok(schedule_report::resolve(kind.name(), &[])?.schedule()))
+                .map(|name| Ok(schedule_report::resolve(name, &[])?))
                 .collect::<Result<Vec<_>>>()?;
             schedule_report::plot(&all, &out).map_err(anyhow::Error::msg)?;
             eprintln!("wrote {}", out.display());
@@ -506,6 +512,36 @@ fn print_report<R: serde::Serialize + std::fmt::Display>(report: &R, json: bool)
     Ok(())
 }
 
+/// Times scipy's `linear_sum_assignment` on the `.npy` cost matrices `files` through `script`
+/// (`scripts/scipy_lsa.py`, which prints `seconds total` per file); a missing script, Python or
+/// scipy is the reason the table gives, not an error.
+fn run_scipy(script: &Path, files: &[PathBuf], repeats: usize) -> Result<Vec<emulsion_assign::bench::ReferenceTiming>, String> {
+    if !script.is_file() {
+        return Err(format!("{} not found (--scipy-script)", script.display()));
+    }
+    let output = std::process::Command::new("python3")
+        .arg(script)
+        .arg("--repeats")
+        .arg(repeats.to_string())
+        .args(files)
+        .output()
+        .map_err(|e| format!("python3: {e}"))?;
+    if !output.status.success() {
+        let err = String::from_utf8_lossy(&output.stderr);
+        return Err(format!("{} (pip install numpy scipy)", err.lines().last().unwrap_or("python3 failed")));
+    }
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(|line| {
+            let mut it = line.split_whitespace().map(str::parse::<f64>);
+            match (it.next(), it.next()) {
+                (Some(Ok(seconds)), Some(Ok(total))) => Ok(emulsion_assign::bench::ReferenceTiming { ms: seconds * 1e3, total }),
+                _ => Err(format!("unexpected output from {}: {line}", script.display())),
+            }
+        })
+        .collect()
+}
+
 fn bench_assign(args: BenchAssignArgs) -> Result<()> {
     use emulsion_assign::{bench, npy};
     anyhow::ensure!(args.repeats > 0, "--repeats must be at least 1");
@@ -522,12 +558,13 @@ fn bench_assign(args: BenchAssignArgs) -> Result<()> {
     anyhow::ensure!(args.k > 0, "--k must be at least 1");
     anyhow::ensure!(args.batch.iter().all(|&b| b > 0), "--batch: batch sizes must be at least 1");
     let batches = args.batch;
-    let scipy = (!args.no_scipy && args.scipy_script.is_file()).then(|| args.scipy_script.clone());
-    let options =
-        bench::BenchOptions { batches, dim: args.dim, repeats: args.repeats, k: args.k, epsilon: args.epsilon, scipy, seed: args.seed };
+    let options = bench::BenchOptions { batches, dim: args.dim, repeats: args.repeats, k: args.k, epsilon: args.epsilon, seed: args.seed };
+    let script = args.scipy_script;
+    let scipy = move |files: &[PathBuf], repeats: usize| run_scipy(&script, files, repeats);
+    let reference = (!args.no_scipy).then_some(&scipy as bench::Reference);
     let backend = device::resolve(args.device)?;
     eprintln!("device: {}", backend.describe());
-    let table = on_backend!(backend, B => bench::bench_assign::<B>(&options, &Default::default()));
+    let table = on_backend!(backend, B => bench::bench_assign::<B>(&options, reference, &Default::default()));
     print!("{table}");
     Ok(())
 }

@@ -1,12 +1,10 @@
 //! `emulsion bench assign`: what assignment costs, per batch size. The distance kernel, the
 //! device auction and KNN run on the chosen backend; LAPJV and the reference auction on this
-//! CPU; scipy's `linear_sum_assignment` (through
-//! `scripts/scipy_lsa.py`, when Python and scipy are there) on the very same matrices, so the
-//! ratio is measured in the same run.
+//! CPU; an outside solver (the command line runs scipy's `linear_sum_assignment`) on the very
+//! same matrices, handed over as `.npy` files, so the ratio is measured in the same run.
 
 use std::fmt::Write as _;
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::PathBuf;
 use std::time::Instant;
 
 use burn::tensor::{Distribution, ElementConversion, Int, Tensor, TensorData};
@@ -29,10 +27,19 @@ pub struct BenchOptions {
     pub k: usize,
     /// Final ε of the approximate auctions, in cost units: their totals are within `B·ε`.
     pub epsilon: f64,
-    /// `scripts/scipy_lsa.py`, to time scipy on the same matrices; `None` skips it.
-    pub scipy: Option<PathBuf>,
     pub seed: u64,
 }
+
+/// An outside solver's result on one matrix: median milliseconds and the optimum's total.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ReferenceTiming {
+    pub ms: f64,
+    pub total: f64,
+}
+
+/// Times an outside solver on the fp16 cost matrices in these `.npy` files, `repeats` runs
+/// each: one result per file, or why it could not run (a note in the table, not an error).
+pub type Reference<'a> = &'a dyn Fn(&[PathBuf], usize) -> Result<Vec<ReferenceTiming>, String>;
 
 /// The median of `repeats` timings of `f`, in milliseconds, and its last result.
 fn median_ms<T>(repeats: usize, mut f: impl FnMut() -> T) -> (f64, T) {
@@ -47,46 +54,15 @@ fn median_ms<T>(repeats: usize, mut f: impl FnMut() -> T) -> (f64, T) {
     (times[times.len() / 2], last.expect("at least one run"))
 }
 
-/// One scipy measurement: median seconds and the optimum's total.
-struct Scipy {
-    ms: f64,
-    total: f64,
-}
-
-/// Times scipy on `files` with `script`; a missing Python or scipy is a note, not an error.
-fn run_scipy(script: &Path, files: &[PathBuf], repeats: usize) -> Result<Vec<Scipy>, String> {
-    let output = Command::new("python3")
-        .arg(script)
-        .arg("--repeats")
-        .arg(repeats.to_string())
-        .args(files)
-        .output()
-        .map_err(|e| format!("python3: {e}"))?;
-    if !output.status.success() {
-        let err = String::from_utf8_lossy(&output.stderr);
-        return Err(err.lines().last().unwrap_or("failed").to_string());
-    }
-    String::from_utf8_lossy(&output.stdout)
-        .lines()
-        .map(|line| {
-            // `seconds total` per file, one line each.
-            let mut it = line.split_whitespace().map(str::parse::<f64>);
-            match (it.next(), it.next()) {
-                (Some(Ok(s)), Some(Ok(total))) => Ok(Scipy { ms: s * 1e3, total }),
-                _ => Err(format!("unexpected output from {}: {line}", script.display())),
-            }
-        })
-        .collect()
-}
-
 /// The device auction's column for each row of `costs` (read back, so the timing includes it).
 fn device_auction<B: AssignBackend>(costs: Tensor<B, 2>, mode: AuctionMode) -> Vec<usize> {
     let columns = Tensor::<B, 1, Int>::from_primitive(B::auction(costs.into_primitive().tensor(), mode));
     columns.into_data().convert::<i64>().to_vec::<i64>().expect("int columns").into_iter().map(|j| j as usize).collect()
 }
 
-/// The table for random images-like data (`U(-1, 1)`) against standard normal noise.
-pub fn bench_assign<B: AssignBackend>(options: &BenchOptions, device: &B::Device) -> String {
+/// The table for random images-like data (`U(-1, 1)`) against standard normal noise, with
+/// `reference` (scipy) timed on the same matrices when given.
+pub fn bench_assign<B: AssignBackend>(options: &BenchOptions, reference: Option<Reference>, device: &B::Device) -> String {
     let mut table = String::new();
     let d = options.dim;
     writeln!(
@@ -154,7 +130,7 @@ pub fn bench_assign<B: AssignBackend>(options: &BenchOptions, device: &B::Device
         let cpu_gap = (exact.total(&bid) - exact.total(&best)) / exact.total(&best);
         let exact_optimal = fp16.total(&device_exact) == fp16.total(&best16);
         fp16_optima.push(fp16.total(&best16));
-        if options.scipy.is_some() {
+        if reference.is_some() {
             std::fs::create_dir_all(&scratch).ok();
             let path = scratch.join(format!("costs-fp16-{b}.npy"));
             if npy::write_costs(&path, &fp16).is_ok() {
@@ -178,9 +154,14 @@ pub fn bench_assign<B: AssignBackend>(options: &BenchOptions, device: &B::Device
             exact_optimal,
         });
     }
-    let scipy = match &options.scipy {
-        Some(script) if files.len() == rows.len() => Some(run_scipy(script, &files, options.repeats)),
-        _ => None,
+    let scipy = match reference {
+        Some(solve) if files.len() == rows.len() => Some(solve(&files, options.repeats)),
+        Some(_) => Some(Err(format!("the cost matrices could not be written to {}", scratch.display()))),
+        None => None,
+    };
+    let scipy = match scipy {
+        Some(Ok(s)) if s.len() != rows.len() => Some(Err(format!("it answered for {} of {} matrices", s.len(), rows.len()))),
+        other => other,
     };
     for (i, row) in rows.into_iter().enumerate() {
         let (scipy_ms, ratio) = match &scipy {
@@ -203,7 +184,7 @@ pub fn bench_assign<B: AssignBackend>(options: &BenchOptions, device: &B::Device
             let agree = s.iter().zip(&fp16_optima).all(|(s, ours)| (ours - s.total).abs() <= 1e-9 * s.total.abs().max(1.0));
             writeln!(table, "\nscipy's optimal totals {} LAPJV's on every fp16 matrix", if agree { "equal" } else { "DIFFER FROM" }).unwrap();
         }
-        Some(Err(why)) => writeln!(table, "\nscipy not timed: {why} (pip install numpy scipy)").unwrap(),
+        Some(Err(why)) => writeln!(table, "\nscipy not timed: {why}").unwrap(),
         None => {}
     }
     writeln!(
@@ -265,4 +246,44 @@ pub fn bench_costs<B: AssignBackend>(costs: &CostMatrix, repeats: usize, epsilon
     )
     .unwrap();
     table
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::TestBackend;
+
+    fn options() -> BenchOptions {
+        BenchOptions { batches: vec![5, 7], dim: 6, repeats: 1, k: 2, epsilon: 1e-3, seed: 1 }
+    }
+
+    /// A stand-in for scipy: LAPJV's optimum of each matrix file, read back from its `.npy`.
+    fn solve(files: &[PathBuf], _repeats: usize) -> Result<Vec<ReferenceTiming>, String> {
+        files
+            .iter()
+            .map(|f| {
+                let costs = npy::read_costs(f).map_err(|e| e.to_string())?;
+                Ok(ReferenceTiming { ms: 1.0, total: costs.total(&lapjv(&costs)) })
+            })
+            .collect()
+    }
+
+    #[test]
+    fn an_outside_solver_is_timed_and_checked_on_the_same_matrices() {
+        // The bench seeds the backend's global generator.
+        let _rng = crate::tests::lock_rng();
+        let device = Default::default();
+        let table = bench_assign::<TestBackend>(&options(), Some(&solve), &device);
+        assert!(table.contains("scipy's optimal totals equal LAPJV's"), "{table}");
+        let wrong = |files: &[PathBuf], repeats| solve(files, repeats).map(|t| t.into_iter().map(|r| ReferenceTiming { total: r.total + 1.0, ..r }).collect());
+        let table = bench_assign::<TestBackend>(&options(), Some(&wrong), &device);
+        assert!(table.contains("DIFFER FROM"), "{table}");
+        let short = |files: &[PathBuf], repeats| solve(&files[..1], repeats);
+        let table = bench_assign::<TestBackend>(&options(), Some(&short), &device);
+        assert!(table.contains("scipy not timed: it answered for 1 of 2 matrices"), "{table}");
+        let missing = |_: &[PathBuf], _| Err("python3: not found".to_string());
+        let table = bench_assign::<TestBackend>(&options(), Some(&missing), &device);
+        assert!(table.contains("scipy not timed: python3: not found"), "{table}");
+        assert!(!bench_assign::<TestBackend>(&options(), None, &device).contains("scipy not timed"));
+    }
 }

@@ -68,13 +68,11 @@ impl Default for AssignConfig {
 }
 
 impl AssignConfig {
-    /// The first option that is out of range, as `(key, problem)`.
-    pub fn validate(&self) -> Result<(), (&'static str, String)> {
-        if self.k == 0 {
-            return Err(("k", "must be at least 1".into()));
-        }
+    /// The first option that is out of range; the error names its key (`k`, `epsilon`).
+    pub fn validate(&self) -> Result<(), emulsion_config::Invalid> {
+        emulsion_config::at_least("k", self.k, 1)?;
         if !(self.epsilon.is_finite() && self.epsilon >= 0.0) {
-            return Err(("epsilon", format!("must be a finite number ≥ 0 (0 = exact), got {}", self.epsilon)));
+            return Err(emulsion_config::Invalid::new("epsilon", format!("must be a finite number ≥ 0 (0 = exact), got {}", self.epsilon)));
         }
         Ok(())
     }

@@ -85,7 +85,7 @@ mod tests {
         let sigmas = Karras::default().sigmas(11);
         // iCT's P_mean = -1.1, P_std = 2 over the levels' own range.
         let lognormal = crate::Curve::LogNormal(crate::LogNormal { p_mean: -1.1, p_std: 2.0 });
-        let schedule = Schedule::new(lognormal, lambda_of_edm_sigma(80.0), lambda_of_edm_sigma(0.002));
+        let schedule = Schedule::new(lognormal, lambda_of_edm_sigma(80.0), lambda_of_edm_sigma(0.002), 1.0).unwrap();
         let p = level_probabilities(&schedule, &sigmas);
         assert_eq!(p.len(), 10);
         assert!((p.iter().sum::<f64>() - 1.0).abs() < 1e-12);

@@ -31,6 +31,7 @@ pub mod special;
 use std::fmt;
 
 use burn::tensor::{backend::Backend, Distribution, Tensor};
+use emulsion_config::{at_least, finite, positive, Invalid};
 use serde::{Deserialize, Serialize};
 
 pub use cosine::Cosine;
@@ -52,188 +53,143 @@ pub trait LogSnr {
     fn lambda_tensor<B: Backend>(&self, t: Tensor<B, 1>) -> Tensor<B, 1>;
 }
 
-/// The schedules, by name.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[cfg_attr(feature = "clap", derive(clap::ValueEnum), value(rename_all = "snake_case"))]
-#[serde(rename_all = "snake_case")]
-pub enum ScheduleKind {
+/// A log-SNR curve and its parameters: the `[diffusion.schedule]` section. Written as its name
+/// (`schedule = "laplace"`, default parameters) or as a table naming it in `type` beside its
+/// parameters (`type = "laplace"`, `mu`, `b`); a parameter of another curve is refused.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(remote = "Self", tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Curve {
     /// `λ(t) = -2 ln tan(π t / 2)` (Nichol & Dhariwal 2021, continuous form).
-    #[default]
-    Cosine,
+    Cosine {},
     /// Improved DDPM's discrete cosine `ᾱ` with `s = 0.008` and betas clipped at 0.999.
-    CosineDiscrete,
+    CosineDiscrete(CosineBetas),
     /// DDPM's linear betas, 1e-4 to 0.02 over 1000 steps.
-    Linear,
+    Linear(LinearBetas),
     /// Laplace `p(λ)` (Hang & Gu 2024).
-    Laplace,
+    Laplace(Laplace),
     /// Cauchy `p(λ)` (Hang & Gu 2024).
-    Cauchy,
+    Cauchy(Cauchy),
     /// EDM's log-normal noise levels, `ln s ~ N(P_mean, P_std²)`.
     #[serde(rename = "lognormal")]
-    #[cfg_attr(feature = "clap", value(name = "lognormal"))]
-    LogNormal,
+    LogNormal(LogNormal),
     /// Uniform rectified-flow time, `λ(t) = 2 ln((1 - t) / t)`.
-    Flow,
+    Flow {},
 }
 
-impl ScheduleKind {
-    pub const ALL: [ScheduleKind; 7] = [
-        ScheduleKind::Cosine,
-        ScheduleKind::CosineDiscrete,
-        ScheduleKind::Linear,
-        ScheduleKind::Laplace,
-        ScheduleKind::Cauchy,
-        ScheduleKind::LogNormal,
-        ScheduleKind::Flow,
-    ];
+emulsion_config::tagged_section!(Curve, "a schedule name, or a table with the schedule's `type` and its parameters");
 
-    /// The name used in configs and on the command line.
-    pub fn name(self) -> &'static str {
-        match self {
-            ScheduleKind::Cosine => "cosine",
-            ScheduleKind::CosineDiscrete => "cosine_discrete",
-            ScheduleKind::Linear => "linear",
-            ScheduleKind::Laplace => "laplace",
-            ScheduleKind::Cauchy => "cauchy",
-            ScheduleKind::LogNormal => "lognormal",
-            ScheduleKind::Flow => "flow",
-        }
-    }
-
-    /// The parameter names of this schedule (its table in the config).
-    pub fn parameters(self) -> &'static [&'static str] {
-        match self {
-            ScheduleKind::Cosine | ScheduleKind::Flow => &[],
-            ScheduleKind::CosineDiscrete => &["s", "max_beta", "timesteps"],
-            ScheduleKind::Linear => &["beta_start", "beta_end", "timesteps"],
-            ScheduleKind::Laplace => &["mu", "b"],
-            ScheduleKind::Cauchy => &["mu", "gamma"],
-            ScheduleKind::LogNormal => &["p_mean", "p_std"],
-        }
+impl Default for Curve {
+    fn default() -> Self {
+        Curve::Cosine {}
     }
 }
 
-impl fmt::Display for ScheduleKind {
+impl Curve {
+    /// Every curve's name, as configs and command lines write it.
+    pub const NAMES: [&'static str; 7] = ["cosine", "cosine_discrete", "linear", "laplace", "cauchy", "lognormal", "flow"];
+
+    /// The curve called `name`, with its default parameters.
+    pub fn named(name: &str) -> Option<Curve> {
+        Some(match name {
+            "cosine" => Curve::Cosine {},
+            "cosine_discrete" => Curve::CosineDiscrete(CosineBetas::default()),
+            "linear" => Curve::Linear(LinearBetas::default()),
+            "laplace" => Curve::Laplace(Laplace::default()),
+            "cauchy" => Curve::Cauchy(Cauchy::default()),
+            "lognormal" => Curve::LogNormal(LogNormal::default()),
+            "flow" => Curve::Flow {},
+            _ => return None,
+        })
+    }
+
+    /// Every curve with its default parameters, in [`Curve::NAMES`] order.
+    pub fn defaults() -> Vec<Curve> {
+        Self::NAMES.iter().filter_map(|name| Self::named(name)).collect()
+    }
+
+    /// The name configs and command lines use.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Curve::Cosine {} => "cosine",
+            Curve::CosineDiscrete(_) => "cosine_discrete",
+            Curve::Linear(_) => "linear",
+            Curve::Laplace(_) => "laplace",
+            Curve::Cauchy(_) => "cauchy",
+            Curve::LogNormal(_) => "lognormal",
+            Curve::Flow {} => "flow",
+        }
+    }
+
+    /// Checks the parameters; the error names one by its key (`b`, `timesteps`).
+    pub fn validate(&self) -> Result<(), Invalid> {
+        fn beta(key: &str, v: f64) -> Result<(), Invalid> {
+            if v > 0.0 && v < 1.0 { Ok(()) } else { Err(Invalid::new(key, format!("must be in (0, 1), got {v}"))) }
+        }
+        match self {
+            Curve::Cosine {} | Curve::Flow {} => Ok(()),
+            Curve::CosineDiscrete(c) => {
+                positive("s", c.s)?;
+                beta("max_beta", c.max_beta)?;
+                at_least("timesteps", c.timesteps, 2)
+            }
+            Curve::Linear(l) => {
+                beta("beta_start", l.beta_start)?;
+                beta("beta_end", l.beta_end)?;
+                at_least("timesteps", l.timesteps, 2)
+            }
+            Curve::Laplace(l) => finite("mu", l.mu).and_then(|()| positive("b", l.b)),
+            Curve::Cauchy(c) => finite("mu", c.mu).and_then(|()| positive("gamma", c.gamma)),
+            Curve::LogNormal(l) => finite("p_mean", l.p_mean).and_then(|()| positive("p_std", l.p_std)),
+        }
+    }
+
+    /// The map `λ(t)` ready to evaluate: discrete curves become their interpolation tables.
+    fn map(&self) -> Result<Map, Invalid> {
+        self.validate()?;
+        Ok(match self {
+            Curve::Cosine {} => Map::Cosine(Cosine),
+            Curve::CosineDiscrete(c) => Map::Discrete(Discrete::from_betas(&c.betas())),
+            Curve::Linear(l) => Map::Discrete(Discrete::from_betas(&l.betas())),
+            Curve::Laplace(l) => Map::Laplace(*l),
+            Curve::Cauchy(c) => Map::Cauchy(*c),
+            Curve::LogNormal(l) => Map::LogNormal(*l),
+            Curve::Flow {} => Map::Flow(FlowTime),
+        })
+    }
+}
+
+impl fmt::Display for Curve {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.name())
     }
 }
 
-/// Every schedule's parameters; only the chosen schedule's are used.
-#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct ScheduleParams {
-    pub cosine_discrete: CosineBetas,
-    pub linear: LinearBetas,
-    pub laplace: Laplace,
-    pub cauchy: Cauchy,
-    pub lognormal: LogNormal,
-}
-
-impl ScheduleParams {
-    /// Checks the chosen schedule's parameters; the error names the parameter as
-    /// `table.key` (e.g. `laplace.b`).
-    pub fn validate(&self, kind: ScheduleKind) -> Result<(), (&'static str, String)> {
-        fn positive(key: &'static str, v: f64) -> Result<(), (&'static str, String)> {
-            if v.is_finite() && v > 0.0 { Ok(()) } else { Err((key, format!("must be positive and finite, got {v}"))) }
-        }
-        fn finite(key: &'static str, v: f64) -> Result<(), (&'static str, String)> {
-            if v.is_finite() { Ok(()) } else { Err((key, format!("must be finite, got {v}"))) }
-        }
-        fn beta(key: &'static str, v: f64) -> Result<(), (&'static str, String)> {
-            if v > 0.0 && v < 1.0 { Ok(()) } else { Err((key, format!("must be in (0, 1), got {v}"))) }
-        }
-        fn steps(key: &'static str, v: usize) -> Result<(), (&'static str, String)> {
-            if v >= 2 { Ok(()) } else { Err((key, format!("must be at least 2, got {v}"))) }
-        }
-        match kind {
-            ScheduleKind::Cosine | ScheduleKind::Flow => Ok(()),
-            ScheduleKind::CosineDiscrete => {
-                let c = &self.cosine_discrete;
-                positive("cosine_discrete.s", c.s)?;
-                beta("cosine_discrete.max_beta", c.max_beta)?;
-                steps("cosine_discrete.timesteps", c.timesteps)
-            }
-            ScheduleKind::Linear => {
-                let l = &self.linear;
-                beta("linear.beta_start", l.beta_start)?;
-                beta("linear.beta_end", l.beta_end)?;
-                steps("linear.timesteps", l.timesteps)
-            }
-            ScheduleKind::Laplace => {
-                finite("laplace.mu", self.laplace.mu)?;
-                positive("laplace.b", self.laplace.b)
-            }
-            ScheduleKind::Cauchy => {
-                finite("cauchy.mu", self.cauchy.mu)?;
-                positive("cauchy.gamma", self.cauchy.gamma)
-            }
-            ScheduleKind::LogNormal => {
-                finite("lognormal.p_mean", self.lognormal.p_mean)?;
-                positive("lognormal.p_std", self.lognormal.p_std)
-            }
-        }
-    }
-}
-
-/// A schedule with its parameters.
+/// A [`Curve`]'s `λ(t)` as evaluated: one variant per distinct formula.
 #[derive(Debug, Clone, PartialEq)]
-pub enum Curve {
+enum Map {
     Cosine(Cosine),
-    CosineDiscrete(Discrete),
-    Linear(Discrete),
+    Discrete(Discrete),
     Laplace(Laplace),
     Cauchy(Cauchy),
     LogNormal(LogNormal),
     Flow(FlowTime),
 }
 
-impl Curve {
-    /// # Panics
-    /// On parameters that [`ScheduleParams::validate`] rejects.
-    pub fn new(kind: ScheduleKind, params: &ScheduleParams) -> Self {
-        if let Err((key, message)) = params.validate(kind) {
-            panic!("invalid schedule parameter `{key}`: {message}");
-        }
-        match kind {
-            ScheduleKind::Cosine => Curve::Cosine(Cosine),
-            ScheduleKind::CosineDiscrete => Curve::CosineDiscrete(Discrete::from_betas(&params.cosine_discrete.betas())),
-            ScheduleKind::Linear => Curve::Linear(Discrete::from_betas(&params.linear.betas())),
-            ScheduleKind::Laplace => Curve::Laplace(params.laplace),
-            ScheduleKind::Cauchy => Curve::Cauchy(params.cauchy),
-            ScheduleKind::LogNormal => Curve::LogNormal(params.lognormal),
-            ScheduleKind::Flow => Curve::Flow(FlowTime),
-        }
-    }
-
-    pub fn kind(&self) -> ScheduleKind {
-        match self {
-            Curve::Cosine(_) => ScheduleKind::Cosine,
-            Curve::CosineDiscrete(_) => ScheduleKind::CosineDiscrete,
-            Curve::Linear(_) => ScheduleKind::Linear,
-            Curve::Laplace(_) => ScheduleKind::Laplace,
-            Curve::Cauchy(_) => ScheduleKind::Cauchy,
-            Curve::LogNormal(_) => ScheduleKind::LogNormal,
-            Curve::Flow(_) => ScheduleKind::Flow,
-        }
-    }
-}
-
-/// Calls the same method on whichever schedule `curve` holds.
+/// Calls the same method on whichever formula `map` holds.
 macro_rules! dispatch {
-    ($curve:expr, $c:ident => $call:expr) => {
-        match $curve {
-            Curve::Cosine($c) => $call,
-            Curve::CosineDiscrete($c) | Curve::Linear($c) => $call,
-            Curve::Laplace($c) => $call,
-            Curve::Cauchy($c) => $call,
-            Curve::LogNormal($c) => $call,
-            Curve::Flow($c) => $call,
+    ($map:expr, $c:ident => $call:expr) => {
+        match $map {
+            Map::Cosine($c) => $call,
+            Map::Discrete($c) => $call,
+            Map::Laplace($c) => $call,
+            Map::Cauchy($c) => $call,
+            Map::LogNormal($c) => $call,
+            Map::Flow($c) => $call,
         }
     };
 }
 
-impl LogSnr for Curve {
+impl LogSnr for Map {
     fn lambda(&self, t: f64) -> f64 {
         dispatch!(self, c => c.lambda(t))
     }
@@ -248,7 +204,7 @@ impl LogSnr for Curve {
     }
 }
 
-/// A schedule shifted by `2 ln(shift)` and truncated to `λ ∈ [lambda_min, lambda_max]`, where its
+/// A curve shifted by `2 ln(shift)` and truncated to `λ ∈ [lambda_min, lambda_max]`, where its
 /// infinite ends are cut off.
 ///
 /// `shift > 1` moves every level towards noise, as higher resolutions need (the resolution shift
@@ -258,6 +214,7 @@ impl LogSnr for Curve {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Schedule {
     curve: Curve,
+    map: Map,
     /// `2 ln(shift)`.
     offset: f64,
     pub lambda_min: f64,
@@ -265,65 +222,35 @@ pub struct Schedule {
 }
 
 impl Schedule {
-    /// # Panics
-    /// If the range is not finite and increasing, or holds none of the curve's log-SNRs:
-    /// callers validate configs first ([`Schedule::check`]).
-    pub fn new(curve: Curve, lambda_min: f64, lambda_max: f64) -> Self {
-        let schedule = Self { curve, offset: 0.0, lambda_min, lambda_max };
-        if let Err(message) = schedule.check() {
-            panic!("{message}");
-        }
-        schedule
-    }
-
-    /// The same schedule with `λ(t) - 2 ln(shift)`.
-    ///
-    /// # Panics
-    /// If `shift` is not positive and finite, or the shifted curve misses the range.
-    pub fn with_shift(self, shift: f64) -> Self {
-        assert!(shift.is_finite() && shift > 0.0, "the shift must be positive, got {shift}");
-        let schedule = Self { offset: 2.0 * shift.ln(), ..self };
-        if let Err(message) = schedule.check() {
-            panic!("{message}");
-        }
-        schedule
-    }
-
-    /// A schedule that may not be samplable, for [`Schedule::check`] to explain why.
-    pub fn new_unchecked(curve: Curve, lambda_min: f64, lambda_max: f64, shift: f64) -> Self {
-        Self { curve, offset: 2.0 * shift.ln(), lambda_min, lambda_max }
-    }
-
-    /// Why this schedule cannot be sampled, if it cannot.
-    pub fn check(&self) -> Result<(), String> {
-        let (lo, hi) = (self.lambda_min, self.lambda_max);
+    /// `curve` shifted and truncated. The error names the curve's parameter (`b`), `shift`, or
+    /// `lambda_min` when the range is not finite and increasing or holds none of the curve's
+    /// log-SNRs.
+    pub fn new(curve: Curve, lambda_min: f64, lambda_max: f64, shift: f64) -> Result<Self, Invalid> {
+        positive("shift", shift).map_err(|e| Invalid { message: format!("{} (1 is no shift)", e.message), ..e })?;
+        let map = curve.map()?;
+        let schedule = Self { curve, map, offset: 2.0 * shift.ln(), lambda_min, lambda_max };
+        let (lo, hi) = (lambda_min, lambda_max);
         if !(lo.is_finite() && hi.is_finite() && lo < hi) {
-            return Err(format!("the log-SNR range [lambda_min, lambda_max] = [{lo}, {hi}] must be finite and increasing"));
+            return Err(Invalid::new("lambda_min", format!("the log-SNR range [lambda_min, lambda_max] = [{lo}, {hi}] must be finite and increasing")));
         }
-        let (t_lo, t_hi) = self.t_range();
+        let (t_lo, t_hi) = schedule.t_range();
         if !(t_lo < t_hi) {
-            return Err(format!(
-                "the log-SNR range [{lo}, {hi}] holds none of the `{}` schedule's log-SNRs, which span [{:.4}, {:.4}]",
-                self.kind(),
-                self.lambda(1.0),
-                self.lambda(0.0)
+            return Err(Invalid::new(
+                "lambda_min",
+                format!(
+                    "the log-SNR range [{lo}, {hi}] holds none of the `{}` schedule's log-SNRs, which span [{:.4}, {:.4}]",
+                    schedule.curve,
+                    schedule.lambda(1.0),
+                    schedule.lambda(0.0)
+                ),
             ));
         }
-        Ok(())
+        Ok(schedule)
     }
 
-    /// From a name and its parameters.
-    pub fn from_kind(kind: ScheduleKind, params: &ScheduleParams, lambda_min: f64, lambda_max: f64) -> Self {
-        Self::new(Curve::new(kind, params), lambda_min, lambda_max)
-    }
-
-    /// The continuous cosine schedule on `[lambda_min, lambda_max]`.
-    pub fn cosine(lambda_min: f64, lambda_max: f64) -> Self {
-        Self::new(Curve::Cosine(Cosine), lambda_min, lambda_max)
-    }
-
-    pub fn kind(&self) -> ScheduleKind {
-        self.curve.kind()
+    /// The continuous cosine schedule on `[lambda_min, lambda_max]`, unshifted.
+    pub fn cosine(lambda_min: f64, lambda_max: f64) -> Result<Self, Invalid> {
+        Self::new(Curve::Cosine {}, lambda_min, lambda_max, 1.0)
     }
 
     pub fn curve(&self) -> &Curve {
@@ -389,19 +316,19 @@ impl Schedule {
 impl LogSnr for Schedule {
     /// `λ(t) - 2 ln(shift)`.
     fn lambda(&self, t: f64) -> f64 {
-        self.curve.lambda(t) - self.offset
+        self.map.lambda(t) - self.offset
     }
 
     fn t_of_lambda(&self, lambda: f64) -> f64 {
-        self.curve.t_of_lambda(lambda + self.offset)
+        self.map.t_of_lambda(lambda + self.offset)
     }
 
     fn density(&self, lambda: f64) -> f64 {
-        self.curve.density(lambda + self.offset)
+        self.map.density(lambda + self.offset)
     }
 
     fn lambda_tensor<B: Backend>(&self, t: Tensor<B, 1>) -> Tensor<B, 1> {
-        self.curve.lambda_tensor(t) - self.offset
+        self.map.lambda_tensor(t) - self.offset
     }
 }
 
@@ -419,17 +346,14 @@ pub(crate) mod tests {
     }
 
     fn all_schedules() -> Vec<Schedule> {
-        let params = ScheduleParams::default();
-        let mut all: Vec<Schedule> =
-            ScheduleKind::ALL.iter().map(|&kind| Schedule::from_kind(kind, &params, -15.0, 15.0)).collect();
-        let laplace = ScheduleParams { laplace: Laplace { mu: 1.5, b: 2.0 }, ..params };
-        all.push(Schedule::from_kind(ScheduleKind::Laplace, &laplace, -15.0, 15.0).with_shift(2.0));
-        all.push(Schedule::from_kind(ScheduleKind::Cosine, &params, -15.0, 15.0).with_shift(0.5));
+        let mut all: Vec<Schedule> = Curve::defaults().into_iter().map(|curve| Schedule::new(curve, -15.0, 15.0, 1.0).unwrap()).collect();
+        all.push(Schedule::new(Curve::Laplace(Laplace { mu: 1.5, b: 2.0 }), -15.0, 15.0, 2.0).unwrap());
+        all.push(Schedule::new(Curve::Cosine {}, -15.0, 15.0, 0.5).unwrap());
         all
     }
 
     fn name(s: &Schedule) -> String {
-        format!("{} (shift {})", s.kind(), s.shift())
+        format!("{} (shift {})", s.curve(), s.shift())
     }
 
     #[test]
@@ -472,7 +396,7 @@ pub(crate) mod tests {
                 points.extend([x, -x]);
                 x *= 2.0;
             }
-            if let Curve::CosineDiscrete(d) | Curve::Linear(d) = s.curve() {
+            if let Map::Discrete(d) = &s.map {
                 points.extend(d.lambdas().iter().map(|k| k - 2.0 * s.shift().ln()));
             }
             // And the Laplace kink at μ.
@@ -535,7 +459,7 @@ pub(crate) mod tests {
 
     #[test]
     fn t_range_maps_onto_the_truncated_lambda_range() {
-        let s = Schedule::from_kind(ScheduleKind::Cosine, &ScheduleParams::default(), -15.0, 15.0);
+        let s = Schedule::cosine(-15.0, 15.0).unwrap();
         let (t_lo, t_hi) = s.t_range();
         assert!((s.lambda(t_lo) - 15.0).abs() < 1e-9);
         assert!((s.lambda(t_hi) + 15.0).abs() < 1e-9);
@@ -547,9 +471,8 @@ pub(crate) mod tests {
 
     #[test]
     fn shift_moves_every_level_by_2_ln_shift() {
-        let params = ScheduleParams::default();
-        let plain = Schedule::from_kind(ScheduleKind::Laplace, &params, -15.0, 15.0);
-        let shifted = plain.clone().with_shift(4.0);
+        let plain = Schedule::new(Curve::named("laplace").unwrap(), -15.0, 15.0, 1.0).unwrap();
+        let shifted = Schedule::new(Curve::named("laplace").unwrap(), -15.0, 15.0, 4.0).unwrap();
         for t in [0.1, 0.5, 0.9] {
             assert!((shifted.lambda(t) - (plain.lambda(t) - 2.0 * 4f64.ln())).abs() < 1e-14);
         }
@@ -557,19 +480,34 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn a_range_that_misses_the_curve_is_an_error() {
+    fn a_range_that_misses_the_curve_or_a_bad_shift_is_an_error() {
         // DDPM's linear schedule spans λ ∈ [-10.1, 9.2].
-        let s = Schedule::new_unchecked(Curve::new(ScheduleKind::Linear, &ScheduleParams::default()), 10.0, 15.0, 1.0);
-        let e = s.check().unwrap_err();
-        assert!(e.contains("holds none") && e.contains("linear"), "{e}");
+        let e = Schedule::new(Curve::named("linear").unwrap(), 10.0, 15.0, 1.0).unwrap_err();
+        assert!(e.key == "lambda_min" && e.message.contains("holds none") && e.message.contains("linear"), "{e}");
+        let e = Schedule::new(Curve::Cosine {}, 3.0, 1.0, 1.0).unwrap_err();
+        assert!(e.key == "lambda_min" && e.message.contains("increasing"), "{e}");
+        for shift in [0.0, -1.0, f64::NAN, f64::INFINITY] {
+            assert_eq!(Schedule::new(Curve::Cosine {}, -15.0, 15.0, shift).unwrap_err().key, "shift");
+        }
     }
 
     #[test]
     fn parameters_are_validated_by_name() {
-        let bad = ScheduleParams { laplace: Laplace { mu: 0.0, b: 0.0 }, ..Default::default() };
-        assert_eq!(bad.validate(ScheduleKind::Laplace).unwrap_err().0, "laplace.b");
-        assert!(bad.validate(ScheduleKind::Cosine).is_ok(), "only the chosen schedule's parameters matter");
-        let bad = ScheduleParams { linear: LinearBetas { timesteps: 1, ..Default::default() }, ..Default::default() };
-        assert_eq!(bad.validate(ScheduleKind::Linear).unwrap_err().0, "linear.timesteps");
+        let e = Schedule::new(Curve::Laplace(Laplace { mu: 0.0, b: 0.0 }), -15.0, 15.0, 1.0).unwrap_err();
+        assert_eq!(e.key, "b");
+        let e = Curve::Linear(LinearBetas { timesteps: 1, ..Default::default() }).validate().unwrap_err();
+        assert_eq!(e.key, "timesteps");
+        let e = Curve::CosineDiscrete(CosineBetas { max_beta: 1.0, ..Default::default() }).validate().unwrap_err();
+        assert_eq!(e.key, "max_beta");
+        assert!(Curve::defaults().iter().all(|c| c.validate().is_ok()));
+    }
+
+    #[test]
+    fn every_name_gives_its_curve() {
+        for (name, curve) in Curve::NAMES.iter().zip(Curve::defaults()) {
+            assert_eq!((curve.name(), curve.to_string()), (*name, name.to_string()));
+        }
+        assert_eq!(Curve::defaults().len(), Curve::NAMES.len());
+        assert!(Curve::named("laplacian").is_none());
     }
 }

@@ -15,6 +15,7 @@ use crate::data::{DataOrder, StepLoader};
 use crate::run::{build_learner, load_images};
 use crate::trainer::DiffusionOutput;
 use crate::TrainError;
+use emulsion_config::Invalid;
 
 /// How many steps to run and which of them to time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -97,9 +98,9 @@ where
     B: AutodiffBackend + AssignBackend,
     B::InnerBackend: AssignBackend,
 {
-    options.validate().map_err(|message| TrainError::Invalid { key: "--steps", message })?;
+    options.validate().map_err(|message| Invalid::new("--steps", message))?;
     let (images, unet) = load_images(config)?;
-    let (mut learner, parameters) = build_learner::<B>(config, &unet, device);
+    let (mut learner, parameters) = build_learner::<B>(config, &unet, device)?;
     learner.fork(device);
     let batch_size = config.train.batch_size;
     let mut order = DataOrder::new(images.len(), batch_size, config.run.seed, config.data.hflip);
@@ -220,7 +221,7 @@ pub fn bench_fid<B: Backend>(
 ) -> Result<FidBench, TrainError> {
     use rand::{Rng, SeedableRng};
     if batch == 0 || image_size == 0 || images <= batch {
-        return Err(TrainError::Invalid { key: "--n", message: format!("{images} images leave nothing to time after the first batch of {batch}") });
+        return Err(Invalid::new("--n", format!("{images} images leave nothing to time after the first batch of {batch}")).into());
     }
     let inception = emulsion_fid::InceptionV3::<B>::load(weights, device)?;
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);

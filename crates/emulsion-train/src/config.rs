@@ -12,7 +12,8 @@ use emulsion_models::{FdmBase, FdmScale};
 use emulsion_schedule::ict::IctCurriculum;
 use emulsion_schedule::karras::Karras;
 use emulsion_schedule::polynomial::{PolynomialLevels, PredefinedLevels, SinusoidalCurriculum};
-use emulsion_schedule::{Cauchy, CosineBetas, Curve, Laplace, LinearBetas, LogNormal, Schedule, ScheduleKind, ScheduleParams};
+use emulsion_config::Invalid;
+use emulsion_schedule::{Curve, Schedule};
 use serde::{Deserialize, Serialize};
 
 /// A whole run's configuration. Each section documents its keys in `configs/*.toml`.
@@ -184,23 +185,22 @@ pub struct DiffusionConfig {
     /// and `ct`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub sigma_data: Option<f64>,
-    /// The log-SNR schedule training levels are drawn from; its parameters are in the table of
-    /// the same name (`[diffusion.laplace]` …).
-    pub schedule: ScheduleKind,
     /// Resolution shift: `λ(t) - 2 ln(shift)`; above 1 moves every level towards noise.
     pub shift: f64,
     /// The log-SNR range the schedule is truncated to (its infinite ends are cut off).
     pub lambda_min: f64,
     pub lambda_max: f64,
-    pub cosine_discrete: CosineBetas,
-    pub linear: LinearBetas,
-    pub laplace: Laplace,
-    pub cauchy: Cauchy,
-    pub lognormal: LogNormal,
-    /// FDM's options, for `objective = "fdm"`.
-    pub fdm: FdmConfig,
-    /// Consistency training's options, for `objective = "ct"`.
-    pub ct: CtConfig,
+    /// The log-SNR curve training levels are drawn from: its name (`"laplace"`, default
+    /// parameters) or a `[diffusion.schedule]` table with `type` and the curve's parameters;
+    /// default `cosine`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub schedule: Option<Curve>,
+    /// FDM's options; only with `objective = "fdm"`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fdm: Option<FdmConfig>,
+    /// Consistency training's options; only with `objective = "ct"`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ct: Option<CtConfig>,
 }
 
 impl Default for DiffusionConfig {
@@ -209,17 +209,12 @@ impl Default for DiffusionConfig {
             objective: ObjectiveKind::Vp,
             target: None,
             sigma_data: None,
-            schedule: ScheduleKind::Cosine,
             shift: 1.0,
             lambda_min: -15.0,
             lambda_max: 15.0,
-            cosine_discrete: CosineBetas::default(),
-            linear: LinearBetas::default(),
-            laplace: Laplace::default(),
-            cauchy: Cauchy::default(),
-            lognormal: LogNormal::default(),
-            fdm: FdmConfig::default(),
-            ct: CtConfig::default(),
+            schedule: None,
+            fdm: None,
+            ct: None,
         }
     }
 }
@@ -300,26 +295,26 @@ impl FdmConfig {
         Fdm { schedule, base, scale, warmup: LossClampWarmup { warmup: self.warmup.unwrap_or(default_warmup) } }
     }
 
-    fn validate(&self) -> Result<(), (String, String)> {
+    fn validate(&self) -> Result<(), Invalid> {
         if let Some(m) = self.multiplier {
             if self.base == FdmBaseKind::Ve {
-                return Err(("diffusion.fdm.multiplier".into(), "VE-FDM has no multiplier (the official VE-FDM scales by e^{-B}(1 + B))".into()));
+                return Err(Invalid::new("diffusion.fdm.multiplier", "VE-FDM has no multiplier (the official VE-FDM scales by e^{-B}(1 + B))"));
             }
             if !(m.is_finite() && m > 0.0) {
-                return Err(("diffusion.fdm.multiplier".into(), format!("must be positive, got {m}")));
+                return Err(Invalid::new("diffusion.fdm.multiplier", format!("must be positive, got {m}")));
             }
         }
         for (key, v) in [("diffusion.fdm.beta_min", self.beta_min), ("diffusion.fdm.beta_d", self.beta_d)] {
             if !(v.is_finite() && v >= 0.0) {
-                return Err((key.into(), format!("must be a finite number ≥ 0, got {v}")));
+                return Err(Invalid::new(key, format!("must be a finite number ≥ 0, got {v}")));
             }
         }
         if self.beta_min + self.beta_d == 0.0 {
-            return Err(("diffusion.fdm.beta_d".into(), "beta_min and beta_d are both 0, so FDM would not scale the input at all".into()));
+            return Err(Invalid::new("diffusion.fdm.beta_d", "beta_min and beta_d are both 0, so FDM would not scale the input at all"));
         }
         let (lo, hi) = self.sigma_range();
         if !(lo.is_finite() && hi.is_finite() && 0.0 <= lo && lo < hi) {
-            return Err(("diffusion.fdm.sigma_min".into(), format!("[sigma_min, sigma_max] = [{lo}, {hi}] must be finite, increasing and not negative")));
+            return Err(Invalid::new("diffusion.fdm.sigma_min", format!("[sigma_min, sigma_max] = [{lo}, {hi}] must be finite, increasing and not negative")));
         }
         Ok(())
     }
@@ -339,10 +334,13 @@ pub struct CtConfig {
     /// `schedule`: pair indices drawn from `diffusion.schedule`'s density (iCT: `lognormal` with
     /// `p_mean = -1.1`, `p_std = 2`); `polynomial`: Gokmen et al.'s placement.
     pub levels: LevelsKind,
-    /// The polynomial's `c` (paper: 4; authors' code: 2.5).
-    pub curve: f64,
-    /// The polynomial positions' Gaussian jitter, in level indices.
-    pub jitter: f64,
+    /// The polynomial's `c` (paper: 4; authors' code: 2.5); only with `levels = "polynomial"`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub curve: Option<f64>,
+    /// The polynomial positions' Gaussian jitter, in level indices; only with
+    /// `levels = "polynomial"`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub jitter: Option<f64>,
     /// The pseudo-Huber `c`; default `0.00054 √d`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub huber_c: Option<f64>,
@@ -354,15 +352,15 @@ pub struct CtConfig {
 
 impl Default for CtConfig {
     fn default() -> Self {
-        let (ict, poly) = (IctCurriculum::default(), PolynomialLevels::default());
+        let ict = IctCurriculum::default();
         Self {
             curriculum: CurriculumKind::Ict,
             s0: ict.s0,
             s1: ict.s1,
             rho: 7.0,
             levels: LevelsKind::Schedule,
-            curve: poly.curve,
-            jitter: poly.jitter,
+            curve: None,
+            jitter: None,
             huber_c: None,
             steps: None,
         }
@@ -402,7 +400,7 @@ impl CtConfig {
                 let (sigma_min, sigma_max) = schedule.sigma_range();
                 let range = Karras { sigma_min, sigma_max, rho: self.rho };
                 LevelChoice::Polynomial {
-                    placement: PolynomialLevels { curve: self.curve, jitter: self.jitter, gap: 1 },
+                    placement: self.placement(),
                     predefined: PredefinedLevels::new(&range, curriculum.max_levels()),
                 }
             }
@@ -411,39 +409,45 @@ impl CtConfig {
         ConsistencyTraining { schedule, sigma_data, rho: self.rho, levels, curriculum, total_steps, huber_c: self.huber_c }
     }
 
-    fn validate(&self) -> Result<(), (String, String)> {
+    /// Gokmen et al.'s placement with this section's `curve` and `jitter`.
+    fn placement(&self) -> PolynomialLevels {
+        let defaults = PolynomialLevels::default();
+        PolynomialLevels { curve: self.curve.unwrap_or(defaults.curve), jitter: self.jitter.unwrap_or(defaults.jitter), gap: 1 }
+    }
+
+    fn validate(&self) -> Result<(), Invalid> {
         if self.s0 < 2 {
-            return Err(("diffusion.ct.s0".into(), format!("must be at least 2 levels, got {}", self.s0)));
+            return Err(Invalid::new("diffusion.ct.s0", format!("must be at least 2 levels, got {}", self.s0)));
         }
         if self.s1 < self.s0 {
-            return Err(("diffusion.ct.s1".into(), format!("must be at least s0 = {}, got {}", self.s0, self.s1)));
+            return Err(Invalid::new("diffusion.ct.s1", format!("must be at least s0 = {}, got {}", self.s0, self.s1)));
         }
         if self.s1 > Self::MAX_LEVELS {
-            return Err(("diffusion.ct.s1".into(), format!("must be at most {} levels, got {}", Self::MAX_LEVELS, self.s1)));
+            return Err(Invalid::new("diffusion.ct.s1", format!("must be at most {} levels, got {}", Self::MAX_LEVELS, self.s1)));
         }
         if self.steps == Some(0) {
-            return Err(("diffusion.ct.steps".into(), "must be at least 1".into()));
+            return Err(Invalid::new("diffusion.ct.steps", "must be at least 1"));
         }
-        let defaults = Self::default();
         if self.levels == LevelsKind::Schedule {
-            for (key, value, default) in [("diffusion.ct.curve", self.curve, defaults.curve), ("diffusion.ct.jitter", self.jitter, defaults.jitter)] {
-                if value != default {
-                    return Err((key.into(), "only places levels with `levels = \"polynomial\"`".into()));
+            for (key, value) in [("diffusion.ct.curve", self.curve), ("diffusion.ct.jitter", self.jitter)] {
+                if value.is_some() {
+                    return Err(Invalid::new(key, "places levels only with `levels = \"polynomial\"`; with `levels = \"schedule\"` the schedule's density draws them"));
                 }
             }
         }
+        let placement = self.placement();
         if !(self.rho.is_finite() && self.rho > 1.0) {
-            return Err(("diffusion.ct.rho".into(), format!("must be above 1, got {}", self.rho)));
+            return Err(Invalid::new("diffusion.ct.rho", format!("must be above 1, got {}", self.rho)));
         }
-        if !(self.curve.is_finite() && self.curve > 0.0) {
-            return Err(("diffusion.ct.curve".into(), format!("must be positive, got {}", self.curve)));
+        if !(placement.curve.is_finite() && placement.curve > 0.0) {
+            return Err(Invalid::new("diffusion.ct.curve", format!("must be positive, got {}", placement.curve)));
         }
-        if !(self.jitter.is_finite() && self.jitter >= 0.0) {
-            return Err(("diffusion.ct.jitter".into(), format!("must be a finite number ≥ 0, got {}", self.jitter)));
+        if !(placement.jitter.is_finite() && placement.jitter >= 0.0) {
+            return Err(Invalid::new("diffusion.ct.jitter", format!("must be a finite number ≥ 0, got {}", placement.jitter)));
         }
         if let Some(c) = self.huber_c {
             if !(c.is_finite() && c > 0.0) {
-                return Err(("diffusion.ct.huber_c".into(), format!("must be positive, got {c}")));
+                return Err(Invalid::new("diffusion.ct.huber_c", format!("must be positive, got {c}")));
             }
         }
         Ok(())
@@ -451,63 +455,63 @@ impl CtConfig {
 }
 
 impl DiffusionConfig {
-    /// Every schedule's parameters, as the schedule crate takes them.
-    pub fn schedule_params(&self) -> ScheduleParams {
-        ScheduleParams {
-            cosine_discrete: self.cosine_discrete,
-            linear: self.linear,
-            laplace: self.laplace,
-            cauchy: self.cauchy,
-            lognormal: self.lognormal,
-        }
+    /// The configured schedule: the curve shifted and truncated. The error names the key, within
+    /// `[diffusion]`.
+    pub fn schedule(&self) -> Result<Schedule, Invalid> {
+        let curve = self.curve();
+        curve.validate().map_err(|e| e.within("schedule"))?;
+        Schedule::new(curve, self.lambda_min, self.lambda_max, self.shift)
     }
 
-    /// The configured schedule: shifted and truncated.
-    ///
-    /// # Panics
-    /// On a configuration that [`Config::validate`] rejects.
-    pub fn schedule(&self) -> Schedule {
-        Schedule::from_kind(self.schedule, &self.schedule_params(), self.lambda_min, self.lambda_max).with_shift(self.shift)
+    /// `diffusion.schedule`'s curve, or the cosine.
+    pub fn curve(&self) -> Curve {
+        self.schedule.clone().unwrap_or_default()
     }
 
-    /// Checks the schedule's range, shift and parameters; the error names the key.
-    pub fn validate(&self) -> Result<(), (String, String)> {
-        if !(self.shift.is_finite() && self.shift > 0.0) {
-            return Err(("diffusion.shift".into(), format!("must be positive (1 is no shift), got {}", self.shift)));
-        }
+    /// `[diffusion.fdm]`, or its defaults.
+    pub fn fdm(&self) -> FdmConfig {
+        self.fdm.clone().unwrap_or_default()
+    }
+
+    /// `[diffusion.ct]`, or its defaults.
+    pub fn ct(&self) -> CtConfig {
+        self.ct.clone().unwrap_or_default()
+    }
+
+    /// Checks the schedule and the objective's options; a key that does not apply to the chosen
+    /// objective is an error whatever its value. The error names the key.
+    pub fn validate(&self) -> Result<(), Invalid> {
+        self.schedule().map_err(|e| e.within("diffusion"))?;
+        let objective = self.objective.name();
         if self.target.is_some() && self.objective != ObjectiveKind::Vp {
-            return Err(("diffusion.target".into(), format!("chooses what a `vp` network predicts; `{}` has its own target", self.objective.name())));
+            return Err(Invalid::new("diffusion.target", format!("chooses what a `vp` network predicts; `{objective}` has its own target")));
         }
         if let Some(sd) = self.sigma_data {
             let uses_it = match self.objective {
                 ObjectiveKind::Edm | ObjectiveKind::Ct => true,
-                ObjectiveKind::Fdm => self.fdm.base == FdmBaseKind::Edm,
+                ObjectiveKind::Fdm => self.fdm().base == FdmBaseKind::Edm,
                 ObjectiveKind::Vp | ObjectiveKind::Flow => false,
             };
             if !uses_it {
-                return Err(("diffusion.sigma_data".into(), format!("is EDM's preconditioning constant; `{}` does not use it", self.objective.name())));
+                return Err(Invalid::new("diffusion.sigma_data", format!("is EDM's preconditioning constant; `{objective}` does not use it")));
             }
             if !(sd.is_finite() && sd > 0.0) {
-                return Err(("diffusion.sigma_data".into(), format!("must be positive, got {sd}")));
+                return Err(Invalid::new("diffusion.sigma_data", format!("must be positive, got {sd}")));
             }
         }
-        self.schedule_params().validate(self.schedule).map_err(|(key, message)| (format!("diffusion.{key}"), message))?;
-        let schedule = Curve::new(self.schedule, &self.schedule_params());
-        // `check` covers the range itself (finite and increasing) and whether the curve reaches it.
-        let unchecked = Schedule::new_unchecked(schedule, self.lambda_min, self.lambda_max, self.shift);
-        unchecked.check().map_err(|message| ("diffusion.lambda_min".to_string(), message))?;
-        if self.fdm != FdmConfig::default() && self.objective != ObjectiveKind::Fdm {
-            return Err(("diffusion.fdm".into(), format!("configures `objective = \"fdm\"`; `{}` does not use it", self.objective.name())));
+        if self.fdm.is_some() && self.objective != ObjectiveKind::Fdm {
+            return Err(Invalid::new("diffusion.fdm", format!("configures `objective = \"fdm\"`; `{objective}` does not use it")));
         }
-        if self.ct != CtConfig::default() && self.objective != ObjectiveKind::Ct {
-            return Err(("diffusion.ct".into(), format!("configures `objective = \"ct\"`; `{}` does not use it", self.objective.name())));
+        if self.ct.is_some() && self.objective != ObjectiveKind::Ct {
+            return Err(Invalid::new("diffusion.ct", format!("configures `objective = \"ct\"`; `{objective}` does not use it")));
         }
-        self.fdm.validate()?;
-        self.ct.validate()?;
-        if self.objective == ObjectiveKind::Ct && self.ct.levels == LevelsKind::Polynomial && self.schedule != ScheduleKind::Cosine {
-            return Err((
-                "diffusion.schedule".into(),
-                "`ct.levels = \"polynomial\"` places the levels itself; leave `diffusion.schedule` out (only its lambda range is used)".into(),
+        self.fdm().validate()?;
+        let ct = self.ct();
+        ct.validate()?;
+        if self.objective == ObjectiveKind::Ct && ct.levels == LevelsKind::Polynomial && self.schedule.is_some() {
+            return Err(Invalid::new(
+                "diffusion.schedule",
+                "`ct.levels = \"polynomial\"` places the levels itself; leave `diffusion.schedule` out (only its lambda range is used)",
             ));
         }
         Ok(())
@@ -780,20 +784,31 @@ impl Config {
                 None => path.display().to_string(),
             }
         };
+        let tags = table.clone();
         let config: Config = deserialize_with_string_retry(table, &overridden).map_err(|e| {
-            let key = e.path().to_string();
-            let message = e.inner().message().to_string();
-            // serde reports an unknown or missing key against its parent; name the key itself.
-            let names_a_field = message.starts_with("unknown field") || message.starts_with("missing field");
-            let key = match backticked(&message) {
-                Some(field) if names_a_field && key == "." => field,
-                Some(field) if names_a_field && key.rsplit('.').next() != Some(field.as_str()) => format!("{key}.{field}"),
-                _ => key,
-            };
+            let (key, message) = located_key(&e, &tags, "");
             ConfigError::Key { location: locate(&key), key, message }
         })?;
-        config.validate().map_err(|(key, message)| ConfigError::Key { location: locate(&key), key, message })?;
+        config.validate().map_err(|Invalid { key, message }| ConfigError::Key { location: locate(&key), key, message })?;
         Ok(config)
+    }
+
+    /// Reads a config recorded in a run directory or checkpoint (`config.toml`), including one
+    /// recorded before the schedule became one section: there, `diffusion.schedule` named the
+    /// curve, every curve's parameters had a table of their own, and the `fdm` and `ct` tables
+    /// were written out whatever the objective. Such a record is read as what it meant: the
+    /// chosen curve with its table's parameters, and only the objective's own table.
+    pub fn from_recorded_toml(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        let first = match Self::from_toml(text, path, &[]) {
+            Ok(config) => return Ok(config),
+            Err(e) => e,
+        };
+        let Ok(mut table) = text.parse::<toml::Table>() else { return Err(first) };
+        if !upgrade_untagged_schedule(&mut table) {
+            return Err(first);
+        }
+        let upgraded = toml::to_string(&table).map_err(|_| ConfigError::Syntax { path: path.to_path_buf(), message: first.to_string() })?;
+        Self::from_toml(&upgraded, path, &[]).map_err(|_| first)
     }
 
     /// The image side: `data.image_size`, or the dataset's native size where the format fixes
@@ -821,37 +836,37 @@ impl Config {
     }
 
     /// Checks values that types alone cannot; the error names the offending key.
-    pub fn validate(&self) -> Result<(), (String, String)> {
-        fn positive(key: &'static str, v: usize) -> Result<(), (String, String)> {
-            if v == 0 { Err((key.into(), "must be at least 1".into())) } else { Ok(()) }
+    pub fn validate(&self) -> Result<(), Invalid> {
+        fn positive(key: &'static str, v: usize) -> Result<(), Invalid> {
+            if v == 0 { Err(Invalid::new(key, "must be at least 1")) } else { Ok(()) }
         }
-        fn unit(key: &'static str, v: f64, closed_top: bool) -> Result<(), (String, String)> {
+        fn unit(key: &'static str, v: f64, closed_top: bool) -> Result<(), Invalid> {
             let ok = v >= 0.0 && if closed_top { v <= 1.0 } else { v < 1.0 };
-            if ok { Ok(()) } else { Err((key.into(), format!("must be in [0, 1{}, got {v}", if closed_top { "]" } else { ")" }))) }
+            if ok { Ok(()) } else { Err(Invalid::new(key, format!("must be in [0, 1{}, got {v}", if closed_top { "]" } else { ")" }))) }
         }
         if self.run.name.is_empty() || self.run.name.contains(['/', '\\']) || self.run.name == "." || self.run.name == ".." {
-            return Err(("run.name".into(), format!("must be a plain directory name, got {:?}", self.run.name)));
+            return Err(Invalid::new("run.name", format!("must be a plain directory name, got {:?}", self.run.name)));
         }
         if self.data.dataset == DatasetKind::Folder && self.data.path.is_none() {
-            return Err(("data.path".into(), "a `folder` dataset needs the folder's path".into()));
+            return Err(Invalid::new("data.path", "a `folder` dataset needs the folder's path"));
         }
         if self.data.dataset == DatasetKind::Folder && self.data.image_size.is_none() {
-            return Err(("data.image_size".into(), "a `folder` dataset needs the image size to resize to".into()));
+            return Err(Invalid::new("data.image_size", "a `folder` dataset needs the image size to resize to"));
         }
         if let Some(c) = self.data.channels {
             if self.data.dataset != DatasetKind::Folder {
-                return Err(("data.channels".into(), "only `folder` datasets choose their channels".into()));
+                return Err(Invalid::new("data.channels", "only `folder` datasets choose their channels"));
             }
             if c != 1 && c != 3 {
-                return Err(("data.channels".into(), format!("must be 1 or 3, got {c}")));
+                return Err(Invalid::new("data.channels", format!("must be 1 or 3, got {c}")));
             }
         }
         if let Some(classes) = self.data.num_classes {
             if self.data.dataset != DatasetKind::Idx {
-                return Err(("data.num_classes".into(), "only `idx` datasets choose their class count (CIFAR-10 has 10; folders have no labels)".into()));
+                return Err(Invalid::new("data.num_classes", "only `idx` datasets choose their class count (CIFAR-10 has 10; folders have no labels)"));
             }
             if !(1..=65_536).contains(&classes) {
-                return Err(("data.num_classes".into(), format!("must be between 1 and 65536, got {classes}")));
+                return Err(Invalid::new("data.num_classes", format!("must be between 1 and 65536, got {classes}")));
             }
         }
         if let Some(limit) = self.data.limit {
@@ -863,7 +878,7 @@ impl Config {
         unit("model.label_dropout", self.model.label_dropout, false)?;
         if let Some(size) = self.image_size() {
             positive("data.image_size", size)?;
-            self.unet_config(size, 1, 0).validate().map_err(|m| ("model".into(), m))?;
+            self.unet_config(size, 1, 0).validate().map_err(|m| Invalid::new("model", m))?;
         }
         self.diffusion.validate()?;
         let consistency_model = self.diffusion.objective == ObjectiveKind::Ct;
@@ -875,23 +890,23 @@ impl Config {
                 } else {
                     "`consistency` needs a consistency model (`diffusion.objective = \"ct\"`); this objective trains a denoiser"
                 };
-                return Err((key.into(), why.into()));
+                return Err(Invalid::new(key, why));
             }
         }
         let e = &self.eval;
         if e.fid_every > 0 {
             if e.fid_samples < 2 {
-                return Err(("eval.fid_samples".into(), format!("a covariance needs at least 2 images, got {}", e.fid_samples)));
+                return Err(Invalid::new("eval.fid_samples", format!("a covariance needs at least 2 images, got {}", e.fid_samples)));
             }
             if e.fid_reference == 1 {
-                return Err(("eval.fid_reference".into(), "a covariance needs at least 2 images (0 takes them all)".into()));
+                return Err(Invalid::new("eval.fid_reference", "a covariance needs at least 2 images (0 takes them all)"));
             }
             positive("eval.fid_batch", e.fid_batch)?;
         }
         if e.steps == Some(0) {
-            return Err(("eval.steps".into(), "must be at least 1".into()));
+            return Err(Invalid::new("eval.steps", "must be at least 1"));
         }
-        self.assignment.validate().map_err(|(key, problem)| (format!("assignment.{key}"), problem))?;
+        self.assignment.validate().map_err(|e| e.within("assignment"))?;
         let t = &self.train;
         positive("train.batch_size", t.batch_size)?;
         positive("train.steps", t.steps)?;
@@ -899,38 +914,38 @@ impl Config {
         positive("train.keep_checkpoints", t.keep_checkpoints)?;
         positive("train.log_every", t.log_every)?;
         if !(t.lr.is_finite() && t.lr > 0.0) {
-            return Err(("train.lr".into(), format!("must be positive, got {}", t.lr)));
+            return Err(Invalid::new("train.lr", format!("must be positive, got {}", t.lr)));
         }
         unit("train.ema_decay", t.ema_decay, false)?;
         unit("train.betas", t.betas[0], false)?;
         unit("train.betas", t.betas[1], false)?;
         if !(t.adam_eps > 0.0) {
-            return Err(("train.adam_eps".into(), format!("must be positive, got {}", t.adam_eps)));
+            return Err(Invalid::new("train.adam_eps", format!("must be positive, got {}", t.adam_eps)));
         }
         if !(t.weight_decay >= 0.0) {
-            return Err(("train.weight_decay".into(), format!("must be non-negative, got {}", t.weight_decay)));
+            return Err(Invalid::new("train.weight_decay", format!("must be non-negative, got {}", t.weight_decay)));
         }
         if !(t.grad_clip >= 0.0) {
-            return Err(("train.grad_clip".into(), format!("must be non-negative (0 disables), got {}", t.grad_clip)));
+            return Err(Invalid::new("train.grad_clip", format!("must be non-negative (0 disables), got {}", t.grad_clip)));
         }
         match (t.on_nonfinite, t.max_skipped_steps) {
             (OnNonFinite::Stop, Some(_)) => {
-                return Err(("train.max_skipped_steps".into(), "applies only with train.on_nonfinite = \"skip\"".into()));
+                return Err(Invalid::new("train.max_skipped_steps", "applies only with train.on_nonfinite = \"skip\""));
             }
-            (OnNonFinite::Skip, Some(0)) => return Err(("train.max_skipped_steps".into(), "must be at least 1".into())),
+            (OnNonFinite::Skip, Some(0)) => return Err(Invalid::new("train.max_skipped_steps", "must be at least 1")),
             _ => {}
         }
         let s = &self.sample;
         positive("sample.steps", s.steps)?;
         positive("sample.n", s.n)?;
         if !(s.eta >= 0.0) {
-            return Err(("sample.eta".into(), format!("must be non-negative, got {}", s.eta)));
+            return Err(Invalid::new("sample.eta", format!("must be non-negative, got {}", s.eta)));
         }
         if !(s.rho.is_finite() && s.rho > 0.0) {
-            return Err(("sample.rho".into(), format!("must be positive, got {}", s.rho)));
+            return Err(Invalid::new("sample.rho", format!("must be positive, got {}", s.rho)));
         }
         if !(s.guidance.is_finite() && s.guidance >= 0.0) {
-            return Err(("sample.guidance".into(), format!("must be non-negative, got {}", s.guidance)));
+            return Err(Invalid::new("sample.guidance", format!("must be non-negative, got {}", s.guidance)));
         }
         Ok(())
     }
@@ -991,8 +1006,13 @@ fn deserialize_with_string_retry(
     }
 }
 
+/// The sections written either as a name or as a table with `type` ([`emulsion_config::tagged_section`]).
+const TAGGED_SECTIONS: [&str; 1] = ["schedule"];
+
 /// Applies `section.key=value` to `table`; returns the dotted key. The value is read as TOML
-/// (`2000`, `1e-4`, `[1, 2]`, `true`, `"text"`), falling back to a bare string (`cosine`).
+/// (`2000`, `1e-4`, `[1, 2]`, `true`, `"text"`), falling back to a bare string (`cosine`). A
+/// key inside a section given by name (`diffusion.schedule.b` where `schedule = "laplace"`)
+/// turns the name into its table, `{ type = "laplace" }`, first.
 pub(crate) fn apply_override(table: &mut toml::Table, arg: &str) -> Result<String, ConfigError> {
     let err = |message: &str| ConfigError::Override { arg: arg.to_string(), message: message.to_string() };
     let (key, raw) = arg.split_once('=').ok_or_else(|| err("expected KEY=VALUE, e.g. train.steps=2000"))?;
@@ -1009,12 +1029,93 @@ pub(crate) fn apply_override(table: &mut toml::Table, arg: &str) -> Result<Strin
     let mut node = table;
     for part in &parts[..parts.len() - 1] {
         let entry = node.entry(part.to_string()).or_insert_with(|| toml::Value::Table(Default::default()));
+        // A tagged section written as a name is the table that holds only its `type`.
+        if let Some(name) = entry.as_str().filter(|_| TAGGED_SECTIONS.contains(part)).map(str::to_string) {
+            *entry = toml::Value::Table(toml::Table::from_iter([(emulsion_config::TAG.to_string(), toml::Value::String(name))]));
+        }
         node = entry
             .as_table_mut()
             .ok_or_else(|| err(&format!("`{part}` is a value, not a section")))?;
     }
     node.insert(parts[parts.len() - 1].to_string(), value);
     Ok(key.to_string())
+}
+
+/// The dotted key and message of a deserialisation error over `table` (whose keys sit under
+/// `prefix`): serde reports an unknown or missing key against its parent, so the key itself is
+/// named, and a key unknown to the chosen `type` of a tagged section says so.
+pub(crate) fn located_key(error: &serde_path_to_error::Error<toml::de::Error>, table: &toml::Table, prefix: &str) -> (String, String) {
+    let path = error.path().to_string();
+    let message = error.inner().message().to_string();
+    let names_a_field = message.starts_with("unknown field") || message.starts_with("missing field");
+    let key = match backticked(&message) {
+        Some(field) if names_a_field && path == "." => field,
+        Some(field) if names_a_field && path.rsplit('.').next() != Some(field.as_str()) => format!("{path}.{field}"),
+        _ if path == "." => String::new(),
+        _ => path,
+    };
+    let message = match key.rsplit_once('.').and_then(|(parent, _)| chosen_type(table, parent)) {
+        Some(chosen) if message.starts_with("unknown field") => format!("{message}: it does not apply to `type = \"{chosen}\"`"),
+        _ => message,
+    };
+    let key = match (prefix, key.as_str()) {
+        ("", _) => key,
+        (prefix, "") => prefix.to_string(),
+        (prefix, key) => format!("{prefix}.{key}"),
+    };
+    (key, message)
+}
+
+/// Rewrites a `[diffusion]` recorded before the schedule was one section (see
+/// [`Config::from_recorded_toml`]); `false` when `table` is not such a record.
+fn upgrade_untagged_schedule(table: &mut toml::Table) -> bool {
+    const CURVE_TABLES: [&str; 5] = ["cosine_discrete", "linear", "laplace", "cauchy", "lognormal"];
+    let Some(diffusion) = table.get_mut("diffusion").and_then(toml::Value::as_table_mut) else { return false };
+    if !CURVE_TABLES.iter().any(|name| diffusion.get(*name).is_some_and(toml::Value::is_table)) {
+        return false;
+    }
+    let name = diffusion.get("schedule").and_then(toml::Value::as_str).unwrap_or("cosine").to_string();
+    let mut curve = toml::Table::from_iter([(emulsion_config::TAG.to_string(), toml::Value::String(name.clone()))]);
+    for table_name in CURVE_TABLES {
+        if let Some(toml::Value::Table(parameters)) = diffusion.remove(table_name) {
+            if table_name == name {
+                curve.extend(parameters);
+            }
+        }
+    }
+    let objective = diffusion.get("objective").and_then(toml::Value::as_str).unwrap_or("vp").to_string();
+    if objective != "fdm" {
+        diffusion.remove("fdm");
+    }
+    let polynomial = match diffusion.get_mut("ct").and_then(toml::Value::as_table_mut) {
+        Some(_) if objective != "ct" => {
+            diffusion.remove("ct");
+            false
+        }
+        Some(ct) if ct.get("levels").and_then(toml::Value::as_str) != Some("polynomial") => {
+            ct.remove("curve");
+            ct.remove("jitter");
+            false
+        }
+        Some(_) => true,
+        None => false,
+    };
+    // Polynomial levels took only the range of the (default) cosine.
+    if !(polynomial && name == "cosine") {
+        diffusion.insert("schedule".into(), toml::Value::Table(curve));
+    } else {
+        diffusion.remove("schedule");
+    }
+    true
+}
+
+/// The `type` of the tagged section at dotted `key` of `table`, if it is one.
+fn chosen_type(table: &toml::Table, key: &str) -> Option<String> {
+    let mut node = table;
+    for part in key.split('.') {
+        node = node.get(part)?.as_table()?;
+    }
+    node.get(emulsion_config::TAG)?.as_str().map(str::to_string)
 }
 
 /// The 1-based line where the dotted `key` is written in `text`, if it is.
@@ -1062,7 +1163,7 @@ mod tests {
     fn defaults_fill_in_and_overrides_apply_on_top() {
         let c = load(MINIMAL, &["train.steps=2000", "diffusion.schedule=cosine", "model.channel_mult=[1, 2]"]).unwrap();
         assert_eq!(c.train.steps, 2000);
-        assert_eq!(c.diffusion.schedule, ScheduleKind::Cosine);
+        assert_eq!(c.diffusion.curve(), Curve::Cosine {});
         assert_eq!(c.model.channel_mult, vec![1, 2]);
         assert_eq!(c.image_size(), None, "IDX files say their size");
         assert_eq!(c.attn_resolutions(28), vec![14], "attention defaults to the second level");
@@ -1121,6 +1222,61 @@ mod tests {
         assert!(e.contains("`model`") && e.contains("attention resolution 5"), "{e}");
         let e = load("[data]\ndataset = \"idx\"\n[diffusion]\nlambda_min = 3.0\nlambda_max = 1.0\n", &[]).unwrap_err().to_string();
         assert!(e.contains("test.toml:4") && e.contains("`diffusion.lambda_min`"), "{e}");
+    }
+
+    #[test]
+    fn the_schedule_is_a_name_or_a_table_of_its_own_parameters() {
+        let c = load(MINIMAL, &["diffusion.schedule=laplace"]).unwrap();
+        assert_eq!(c.diffusion.curve(), Curve::named("laplace").unwrap());
+        let text = "[data]\ndataset = \"idx\"\n[diffusion.schedule]\ntype = \"laplace\"\nmu = 1.0\nb = 2.0\n";
+        let c = load(text, &[]).unwrap();
+        assert_eq!(c.diffusion.curve(), Curve::Laplace(emulsion_schedule::Laplace { mu: 1.0, b: 2.0 }));
+        // A key inside a schedule given by name turns the name into its table.
+        let c = load(MINIMAL, &["diffusion.schedule=cauchy", "diffusion.schedule.gamma=3"]).unwrap();
+        assert_eq!(c.diffusion.curve(), Curve::Cauchy(emulsion_schedule::Cauchy { mu: 0.0, gamma: 3.0 }));
+        assert_eq!(load(&c.to_toml(), &[]).unwrap(), c);
+        let e = load(text, &["diffusion.schedule.b=0"]).unwrap_err().to_string();
+        assert!(e.contains("--set diffusion.schedule.b=0") && e.contains("`diffusion.schedule.b`") && e.contains("positive"), "{e}");
+        let e = load("[data]\ndataset = \"idx\"\n[diffusion.schedule]\ntype = \"laplace\"\nb = 0.0\n", &[]).unwrap_err().to_string();
+        assert!(e.contains("test.toml:5") && e.contains("`diffusion.schedule.b`"), "{e}");
+    }
+
+    #[test]
+    fn keys_that_do_not_apply_are_errors_whatever_their_value() {
+        // Each is set to its own default, which the objective or schedule would not use.
+        let refused: [(&[&str], &str, &str); 6] = [
+            (&["diffusion.fdm.base=edm"], "diffusion.fdm", "`vp` does not use it"),
+            (&["diffusion.objective=edm", "diffusion.ct.s0=10"], "diffusion.ct", "`edm` does not use it"),
+            (&["diffusion.objective=ct", "sample.sampler=consistency", "diffusion.ct.curve=4"], "diffusion.ct.curve", "levels = \"polynomial\""),
+            (&["diffusion.objective=ct", "sample.sampler=consistency", "diffusion.ct.levels=polynomial", "diffusion.schedule=cosine"], "diffusion.schedule", "places the levels itself"),
+            (&["diffusion.schedule=laplace", "diffusion.schedule.gamma=1"], "diffusion.schedule.gamma", "does not apply to `type = \"laplace\"`"),
+            (&["diffusion.schedule=flow", "diffusion.schedule.mu=0"], "diffusion.schedule.mu", "does not apply to `type = \"flow\"`"),
+        ];
+        for (sets, key, why) in refused {
+            let e = load(MINIMAL, sets).unwrap_err().to_string();
+            assert!(e.contains(&format!("`{key}`")) && e.contains(why), "{sets:?}: {e}");
+        }
+        let e = load("[data]\ndataset = \"idx\"\n[diffusion.schedule]\ntype = \"cosine\"\n\nb = 0.5\n", &[]).unwrap_err().to_string();
+        assert!(e.contains("test.toml:6") && e.contains("`diffusion.schedule.b`") && e.contains("`type = \"cosine\"`"), "{e}");
+    }
+
+    #[test]
+    fn configs_recorded_before_the_schedule_section_still_load() {
+        // As `to_toml` wrote them: every curve's table, and the `fdm` and `ct` tables always.
+        let tables = "[diffusion.cosine_discrete]\ns = 0.008\nmax_beta = 0.999\ntimesteps = 1000\n[diffusion.linear]\nbeta_start = 0.0001\nbeta_end = 0.02\ntimesteps = 1000\n[diffusion.laplace]\nmu = 1.5\nb = 2.0\n[diffusion.cauchy]\nmu = 0.0\ngamma = 1.0\n[diffusion.lognormal]\np_mean = -1.2\np_std = 1.2\n[diffusion.fdm]\nbase = \"edm\"\nbeta_min = 0.1\nbeta_d = 19.9\n[diffusion.ct]\ncurriculum = \"ict\"\ns0 = 10\ns1 = 1280\nrho = 7.0\nlevels = \"schedule\"\ncurve = 2.5\njitter = 0.5\n";
+        let old = format!("[data]\ndataset = \"idx\"\n[diffusion]\nobjective = \"vp\"\nschedule = \"laplace\"\nshift = 2.0\nlambda_min = -15.0\nlambda_max = 15.0\n{tables}");
+        assert!(Config::from_toml(&old, Path::new("config.toml"), &[]).is_err(), "the old layout is not today's");
+        let c = Config::from_recorded_toml(&old, Path::new("config.toml")).unwrap();
+        assert_eq!(c.diffusion.curve(), Curve::Laplace(emulsion_schedule::Laplace { mu: 1.5, b: 2.0 }));
+        assert_eq!((c.diffusion.shift, c.diffusion.fdm.is_none(), c.diffusion.ct.is_none()), (2.0, true, true));
+        let ct = old.replace("objective = \"vp\"", "objective = \"ct\"").replace("schedule = \"laplace\"", "schedule = \"lognormal\"") + "[sample]\nsampler = \"consistency\"\n";
+        let c = Config::from_recorded_toml(&ct, Path::new("config.toml")).unwrap();
+        assert_eq!(c.diffusion.curve(), Curve::LogNormal(emulsion_schedule::LogNormal { p_mean: -1.2, p_std: 1.2 }));
+        assert_eq!(c.diffusion.ct.as_ref().map(|ct| (ct.s1, ct.curve)), Some((1280, None)));
+        // Today's layout and real errors pass through unchanged.
+        assert_eq!(Config::from_recorded_toml(&c.to_toml(), Path::new("config.toml")).unwrap(), c);
+        let e = Config::from_recorded_toml("[data]\ndataset = \"idx\"\n[train]\nstepz = 1\n", Path::new("config.toml")).unwrap_err();
+        assert!(e.to_string().contains("`train.stepz`"), "{e}");
     }
 
     #[test]

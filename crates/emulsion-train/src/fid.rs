@@ -2,7 +2,6 @@
 //! samples; the reference statistics of a run, computed once and cached; FID lines in
 //! `metrics.jsonl` and the FID curve.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -10,28 +9,31 @@ use burn::prelude::*;
 use emulsion_fid::{FeatureStats, InceptionV3, ReferenceStats, StatsAccumulator, FEATURES};
 use emulsion_models::{Network, Precond};
 use emulsion_schedule::Schedule;
-use serde::{Deserialize, Serialize};
 
 use crate::config::{Config, SampleConfig};
 use crate::data::{self, DataError, ImageSet};
+use crate::journal::{self, FidLine, JournalLine};
 use crate::seeds::{self, Stream};
 use crate::{sampling, TrainError};
 
 /// Told `(images done, images in all)` after every batch.
 pub type Progress<'a> = &'a mut dyn FnMut(usize, usize);
 
-/// A progress line on stderr: `label: done/total images, rate, ETA`, redrawn in place.
-pub fn progress_bar(label: &str) -> impl FnMut(usize, usize) + '_ {
+/// Progress as `label: done/total images, rate, ETA` log lines (`tracing`, level info), one at
+/// each tenth of the way and one at the end.
+pub fn progress_lines(label: &str) -> impl FnMut(usize, usize) + '_ {
     let started = Instant::now();
+    let mut reported = 0;
     move |done, total| {
+        let tenth = if total == 0 { 10 } else { 10 * done / total };
+        if tenth <= reported && done < total {
+            return;
+        }
+        reported = tenth;
         let seconds = started.elapsed().as_secs_f64().max(1e-9);
         let rate = done as f64 / seconds;
-        let eta = if rate > 0.0 { (total - done) as f64 / rate } else { f64::NAN };
-        let bar: String = (0..30).map(|i| if i * total < 30 * done { '#' } else { '.' }).collect();
-        eprint!("\r{label}: [{bar}] {done}/{total} images, {rate:.1}/s, ETA {}   ", crate::monitor::format_duration(eta));
-        if done == total {
-            eprintln!();
-        }
+        let eta = if rate > 0.0 { total.saturating_sub(done) as f64 / rate } else { f64::NAN };
+        tracing::info!("{label}: {done}/{total} images, {rate:.1}/s, ETA {}", crate::monitor::format_duration(eta));
     }
 }
 
@@ -141,17 +143,17 @@ pub fn reference_stats<B: Backend>(config: &Config, set: &ImageSet, inception: &
     if cache.is_file() {
         match FeatureStats::load_npz(&cache) {
             Ok(stats) => {
-                eprintln!("FID reference statistics: {}", cache.display());
+                tracing::info!("FID reference statistics: {}", cache.display());
                 return Ok(stats);
             }
             Err(e) => tracing::warn!("{e}; computing the reference statistics again"),
         }
     }
     let label = format!("FID reference ({count} training images)");
-    let stats = dataset_stats(inception, set, count, config.eval.fid_batch, device, &mut progress_bar(&label))?;
+    let stats = dataset_stats(inception, set, count, config.eval.fid_batch, device, &mut progress_lines(&label))?;
     std::fs::create_dir_all(cache_dir).map_err(|source| TrainError::Io { path: cache_dir.to_path_buf(), source })?;
     stats.save_npz(&cache)?;
-    eprintln!("FID reference statistics saved to {}", cache.display());
+    tracing::info!("FID reference statistics saved to {}", cache.display());
     Ok(stats)
 }
 
@@ -170,7 +172,7 @@ pub fn stats_of_path<B: Backend>(path: &Path, inception: Option<LoadedInception<
     let loaded = || inception.as_ref().ok_or_else(|| TrainError::RunDir("internal: the Inception network was not loaded".into()));
     if path.is_dir() {
         let label = format!("{}", path.display());
-        return folder_stats(loaded()?.net, path, limit, batch, device, &mut progress_bar(&label));
+        return folder_stats(loaded()?.net, path, limit, batch, device, &mut progress_lines(&label));
     }
     if !path.is_file() {
         return Err(TrainError::RunDir(format!("{}: no such file or folder", path.display())));
@@ -218,34 +220,6 @@ fn fnv1a(bytes: &[u8]) -> u64 {
     bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| (h ^ b as u64).wrapping_mul(0x0000_0100_0000_01b3))
 }
 
-/// One FID evaluation, as a line of `metrics.jsonl`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct FidLine {
-    pub step: u64,
-    pub fid: f64,
-    pub fid_samples: usize,
-    /// Seconds the evaluation took (sampling, Inception and the distance).
-    pub fid_seconds: f64,
-}
-
-/// Appends `line` to the journal in one write, so it never interleaves with the monitor's.
-pub fn append_fid_line(journal: &Path, line: &FidLine) -> std::io::Result<()> {
-    let text = serde_json::to_string(line).map_err(std::io::Error::other)? + "\n";
-    std::fs::OpenOptions::new().create(true).append(true).open(journal)?.write_all(text.as_bytes())
-}
-
-/// The FID lines of a journal, in step order.
-pub fn read_fid_lines(journal: &Path) -> std::io::Result<Vec<FidLine>> {
-    let text = match std::fs::read_to_string(journal) {
-        Ok(text) => text,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(e),
-    };
-    let mut lines: Vec<FidLine> = text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
-    lines.sort_by_key(|l| l.step);
-    Ok(lines)
-}
-
 /// Whether step `step` of a `total`-step run evaluates FID: every `every` steps (0: never) and
 /// at the last.
 pub fn fid_due(every: u64, step: u64, total: u64) -> bool {
@@ -287,12 +261,12 @@ impl<B: Backend> FidPlan<B> {
         let started = Instant::now();
         let spec = SampleSpec { precond, schedule, options: &self.options, count: self.samples, batch: self.batch, shape };
         let label = format!("FID at step {step}");
-        let stats = sample_stats(&self.inception, net, &spec, device, &mut progress_bar(&label))?;
+        let stats = sample_stats(&self.inception, net, &spec, device, &mut progress_lines(&label))?;
         let fid = self.reference.distance(&stats)?;
         let line = FidLine { step, fid, fid_samples: self.samples, fid_seconds: started.elapsed().as_secs_f64() };
-        eprintln!("step {step}: FID {fid:.3} ({} samples, {:.1} s)", self.samples, line.fid_seconds);
-        append_fid_line(&self.journal, &line).map_err(|source| TrainError::Io { path: self.journal.clone(), source })?;
-        let points: Vec<(f64, f64)> = read_fid_lines(&self.journal).unwrap_or_default().iter().map(|l| (l.step as f64, l.fid)).collect();
+        tracing::info!("step {step}: FID {fid:.3} ({} samples, {:.1} s)", self.samples, line.fid_seconds);
+        journal::append(&self.journal, &JournalLine::Fid(line)).map_err(|source| TrainError::Io { path: self.journal.clone(), source })?;
+        let points: Vec<(f64, f64)> = journal::fid_lines(&self.journal).unwrap_or_default().iter().map(|l| (l.step as f64, l.fid)).collect();
         if let Err(e) = crate::monitor::plot_curves(&[("FID".to_string(), points)], "FID", "FID", false, &self.curve) {
             tracing::warn!("cannot draw {}: {e}", self.curve.display());
         }
@@ -303,24 +277,6 @@ impl<B: Backend> FidPlan<B> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn fid_lines_and_training_lines_share_the_journal() {
-        let dir = std::env::temp_dir().join(format!("emulsion-fid-journal-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let journal = dir.join("metrics.jsonl");
-        std::fs::write(&journal, "{\"step\":10,\"loss\":0.5,\"lr\":0.001,\"images_per_s\":3.0,\"wall_time_s\":1.0}\n").unwrap();
-        let line = |step, fid| FidLine { step, fid, fid_samples: 100, fid_seconds: 2.0 };
-        append_fid_line(&journal, &line(20, 40.0)).unwrap();
-        append_fid_line(&journal, &line(10, 50.0)).unwrap();
-        assert_eq!(read_fid_lines(&journal).unwrap(), vec![line(10, 50.0), line(20, 40.0)]);
-        // The training lines still read as before, FID lines skipped.
-        assert_eq!(crate::monitor::read_journal(&journal).unwrap().len(), 1);
-        // Resuming at step 10 drops the FID of step 20 with the training lines after 10.
-        crate::monitor::truncate_journal(&journal, 10).unwrap();
-        assert_eq!(read_fid_lines(&journal).unwrap(), vec![line(10, 50.0)]);
-        assert_eq!(crate::monitor::read_journal(&journal).unwrap().len(), 1);
-    }
 
     #[test]
     fn fid_batches_continue_the_class_cycle() {

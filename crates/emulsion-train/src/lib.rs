@@ -16,9 +16,12 @@
 pub mod bench;
 pub mod checkpoint;
 pub mod config;
+#[cfg(test)]
+mod config_docs;
 pub mod data;
 pub mod fid;
 pub mod grid;
+pub mod journal;
 pub mod lock;
 pub mod metrics;
 pub mod monitor;
@@ -50,8 +53,8 @@ pub enum TrainError {
     Checkpoint(#[from] checkpoint::CheckpointError),
     #[error(transparent)]
     Fid(#[from] emulsion_fid::FidError),
-    #[error("`{key}`: {message}")]
-    Invalid { key: &'static str, message: String },
+    #[error(transparent)]
+    Invalid(#[from] emulsion_config::Invalid),
     #[error("{}: {source}", path.display())]
     Io { path: PathBuf, source: std::io::Error },
     #[error("{0}")]

@@ -3,8 +3,7 @@
 //! the loss curve. It runs on Burn's metrics thread, so the training loop never waits on it.
 
 use std::collections::HashMap;
-use std::fs::{File, OpenOptions};
-use std::io::{BufRead, BufReader, Write};
+use std::fs::OpenOptions;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -15,30 +14,8 @@ use burn::train::renderer::{
 };
 use serde::{Deserialize, Serialize};
 
+use crate::journal::{self, JournalLine, TrainLine};
 use crate::metrics::{AssignDistance, AssignMilliseconds, Scalar, SkippedSteps};
-
-/// One line of `metrics.jsonl`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct MetricsLine {
-    pub step: u64,
-    /// Mean training loss over the steps since the previous line.
-    pub loss: f64,
-    pub lr: f64,
-    pub images_per_s: f64,
-    /// Seconds of training in the whole run, resumed sessions included.
-    pub wall_time_s: f64,
-    /// Mean L2 distance between each image and its assigned noise (the random pairing's when
-    /// `assignment.method = "none"`), over the steps since the previous line.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub assign_distance: Option<f64>,
-    /// Mean host milliseconds per step spent assigning noise.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub assign_ms: Option<f64>,
-    /// Steps whose update was skipped for a non-finite loss or gradient (`on_nonfinite = "skip"`),
-    /// so far in the run (all sessions); absent while there are none.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub skipped_steps: Option<u64>,
-}
 
 /// A mean over the steps since the last journal line; non-finite values (skipped steps) are
 /// left out.
@@ -94,7 +71,8 @@ pub struct MonitorConfig {
 
 pub struct TrainingMonitor {
     config: MonitorConfig,
-    journal: Option<File>,
+    /// Whether lines are still written (a write error stops them, with a warning).
+    journaling: bool,
     names: HashMap<MetricId, String>,
     started: Instant,
     interval: (Instant, u64),
@@ -109,13 +87,14 @@ pub struct TrainingMonitor {
 
 impl TrainingMonitor {
     pub fn new(config: MonitorConfig) -> std::io::Result<Self> {
-        let journal = OpenOptions::new().create(true).append(true).open(&config.journal)?;
+        // Fails now, not at the first line, where the journal cannot be written.
+        OpenOptions::new().create(true).append(true).open(&config.journal)?;
         let now = Instant::now();
         let window = config.window;
         Ok(Self {
             interval: (now, config.start_step),
             config,
-            journal: Some(journal),
+            journaling: true,
             names: HashMap::new(),
             started: now,
             loss: window.loss,
@@ -137,7 +116,7 @@ impl TrainingMonitor {
         let (since, from_step) = self.interval;
         let seconds = now.duration_since(since).as_secs_f64().max(1e-9);
         let images_per_s = (step - from_step) as f64 * self.config.batch_size as f64 / seconds;
-        let line = MetricsLine {
+        let line = TrainLine {
             step,
             loss: self.loss.take().unwrap_or(f64::NAN),
             lr: self.lr,
@@ -147,12 +126,10 @@ impl TrainingMonitor {
             assign_ms: self.assign_ms.take(),
             skipped_steps: (self.skipped_steps > 0).then_some(self.skipped_steps),
         };
-        if let Some(journal) = &mut self.journal {
-            // One write per line: FID lines are appended to the same file from another thread.
-            let written = serde_json::to_string(&line).map_err(std::io::Error::other).and_then(|l| journal.write_all(format!("{l}\n").as_bytes()));
-            if let Err(e) = written {
+        if self.journaling {
+            if let Err(e) = journal::append(&self.config.journal, &JournalLine::Train(line.clone())) {
                 tracing::warn!("cannot write {}: {e}; metrics are no longer recorded", self.config.journal.display());
-                self.journal = None;
+                self.journaling = false;
             }
         }
         let remaining = self.config.total_steps.saturating_sub(step);
@@ -160,7 +137,7 @@ impl TrainingMonitor {
         let eta = if steps_per_s > 0.0 { remaining as f64 / steps_per_s } else { f64::NAN };
         let total = self.config.total_steps;
         let width = total.to_string().len();
-        eprintln!(
+        tracing::info!(
             "step {step:>width$}/{total} ({:5.1}%)  loss {:.4}  lr {:.2e}  {images_per_s:7.1} img/s  elapsed {}  ETA {}",
             100.0 * step as f64 / total as f64,
             line.loss,
@@ -210,9 +187,6 @@ impl MetricsRendererTraining for TrainingMonitor {
     fn render_valid(&mut self, _item: TrainingProgress, _indicators: Vec<ProgressType>) {}
 
     fn on_train_end(&mut self, _summary: Option<burn::train::LearnerSummary>) -> Result<(), Box<dyn std::error::Error>> {
-        if let Some(journal) = &mut self.journal {
-            journal.flush()?;
-        }
         self.plot();
         Ok(())
     }
@@ -244,40 +218,9 @@ pub fn format_duration(seconds: f64) -> String {
     }
 }
 
-/// The lines of a metrics journal; a torn last line (a killed process) is skipped.
-pub fn read_journal(path: &Path) -> std::io::Result<Vec<MetricsLine>> {
-    if !path.exists() {
-        return Ok(Vec::new());
-    }
-    let reader = BufReader::new(File::open(path)?);
-    Ok(reader.lines().map_while(Result::ok).filter_map(|l| serde_json::from_str(&l).ok()).collect())
-}
-
-/// Keeps the journal lines (training and FID) up to `step` (resuming from a checkpoint at `step`).
-pub fn truncate_journal(path: &Path, step: u64) -> std::io::Result<()> {
-    #[derive(Deserialize)]
-    struct Step {
-        step: u64,
-    }
-    let text = match std::fs::read_to_string(path) {
-        Ok(text) => text,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(e),
-    };
-    let kept: String = text
-        .lines()
-        .filter(|l| serde_json::from_str::<Step>(l).is_ok_and(|s| s.step <= step))
-        .map(|l| format!("{l}\n"))
-        .collect();
-    let tmp = path.with_extension("jsonl.tmp");
-    std::fs::write(&tmp, kept).and_then(|()| std::fs::rename(&tmp, path)).inspect_err(|_| {
-        let _ = std::fs::remove_file(&tmp);
-    })
-}
-
 /// Draws the loss of each journal line against its step, on a log scale.
-pub fn plot_loss_curve(journal: &Path, out: &Path) -> Result<(), String> {
-    let points: Vec<(f64, f64)> = read_journal(journal)
+pub fn plot_loss_curve(path: &Path, out: &Path) -> Result<(), String> {
+    let points: Vec<(f64, f64)> = journal::train_lines(path)
         .map_err(|e| e.to_string())?
         .into_iter()
         .filter(|l| l.loss.is_finite() && l.loss > 0.0)
@@ -356,29 +299,18 @@ mod tests {
     use super::*;
 
     #[test]
-    fn journals_truncate_on_resume_and_skip_torn_lines() {
+    fn the_loss_curve_is_drawn_from_the_train_lines() {
         let dir = std::env::temp_dir().join(format!("emulsion-monitor-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("metrics.jsonl");
-        let line = |step| MetricsLine {
-            step,
-            loss: 1.0 / step as f64,
-            lr: 1e-4,
-            images_per_s: 10.0,
-            wall_time_s: step as f64,
-            assign_distance: Some(50.0),
-            assign_ms: None,
-            skipped_steps: None,
-        };
-        let mut text: String = (1..=5).map(|s| serde_json::to_string(&line(s * 10)).unwrap() + "\n").collect();
-        text.push_str("{\"step\": 60, \"lo");
-        std::fs::write(&path, text).unwrap();
-        assert_eq!(read_journal(&path).unwrap().len(), 5);
-        truncate_journal(&path, 30).unwrap();
-        assert_eq!(read_journal(&path).unwrap(), vec![line(10), line(20), line(30)]);
+        for step in 1..=5 {
+            let line = TrainLine { step: step * 10, loss: 1.0 / step as f64, lr: 1e-4, images_per_s: 10.0, wall_time_s: 1.0, assign_distance: None, assign_ms: None, skipped_steps: None };
+            journal::append(&path, &JournalLine::Train(line)).unwrap();
+        }
         let png = dir.join("loss.png");
         plot_loss_curve(&path, &png).unwrap();
         assert_eq!(image::open(&png).unwrap().width(), 800);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

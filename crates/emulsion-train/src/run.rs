@@ -5,9 +5,10 @@
 //! runs/<name>/
 //!   config.toml     the resolved configuration
 //!   unet.json       the network's shape (dataset facts included)
-//!   metrics.jsonl   step, loss, lr, images/s, wall time, mean assigned distance, assignment ms
+//!   metrics.jsonl   one JSON line per record, `kind` "train" (step, loss, lr, images/s, wall time,
+//!                   mean assigned distance, assignment ms) or "fid" (step, FID, samples, seconds)
 //!   loss.png        the loss curve
-//!   fid.png         FID against step, when `eval.fid_every > 0` (FID lines are in metrics.jsonl)
+//!   fid.png         FID against step, when `eval.fid_every > 0`
 //!   fid-reference-<key>.npz  the training images' Inception statistics, computed once
 //!   samples/        step-00005000.png, …
 //!   checkpoints/    step-00005000/{model,optimizer,scheduler}.mpk, state.json, config.toml, unet.json
@@ -27,15 +28,17 @@ use crate::metrics::{AssignDistance, AssignMilliseconds, ScalarMetric, SkippedSt
 use burn::train::metric::store::{EpochSummary, MetricsUpdate, Split};
 use burn::train::metric::{LearningRateMetric, LossMetric, MetricDefinition, NumericEntry};
 use burn::train::{Learner, SupervisedTraining, TrainingStrategy};
+use emulsion_config::Invalid;
 use emulsion_models::UNetConfig;
 
 use crate::checkpoint::{self, Checkpoint, CheckpointError, CheckpointStore, MODEL, OPTIMIZER, SCHEDULER};
 use crate::config::{Config, SampleConfig, SamplerKind, DEFAULT_MAX_SKIPPED_STEPS};
 use crate::lock::{RunLock, LOCK_FILE};
 use crate::data::{self, DataOrder, StepLoader};
-use crate::fid::{fid_due, read_fid_lines, FidPlan};
+use crate::fid::{fid_due, FidPlan};
+use crate::journal;
 use crate::grid::{grid_columns, save_grid};
-use crate::monitor::{truncate_journal, MonitorConfig, TrainingMonitor};
+use crate::monitor::{MonitorConfig, TrainingMonitor};
 use crate::objective::Objective;
 use crate::optim::WarmupLr;
 use crate::sampling;
@@ -104,16 +107,17 @@ pub struct TrainReport {
 }
 
 impl Recipe {
-    pub fn from_config(config: &Config) -> Self {
-        Recipe {
-            objective: Objective::from_config(config),
+    /// The recipe `config` describes; the error names the key that rules it out.
+    pub fn from_config(config: &Config) -> Result<Self, Invalid> {
+        Ok(Recipe {
+            objective: Objective::from_config(config)?,
             seed: config.run.seed,
             ema_decay: config.train.ema_decay,
             grad_clip: config.train.grad_clip,
             label_dropout: config.model.label_dropout,
             micro_batch: config.train.micro_batch,
             assignment: config.assignment,
-        }
+        })
     }
 }
 
@@ -142,12 +146,12 @@ where
         std::fs::write(&path, text).map_err(|source| TrainError::Io { path, source })?;
     }
 
-    let recipe = Recipe::from_config(config);
+    let recipe = Recipe::from_config(config)?;
     let schedule = recipe.objective.schedule().clone();
     let recipe_precond = recipe.objective.precond();
-    let (mut learner, num_params) = build_learner::<B>(config, &unet, device);
+    let (mut learner, num_params) = build_learner::<B>(config, &unet, device)?;
     let t = &config.train;
-    eprintln!(
+    tracing::info!(
         "{}: {} images of {}x{}x{}, {num_params} parameters ({:.2}M), batch {}, {} steps",
         run.root.display(),
         images.len(),
@@ -173,13 +177,13 @@ where
         None => (0, 0.0, Default::default(), Default::default()),
     };
     let journal = run.metrics();
-    truncate_journal(&journal, start_step).map_err(|source| TrainError::Io { path: journal.clone(), source })?;
+    journal::truncate(&journal, start_step).map_err(|source| TrainError::Io { path: journal.clone(), source })?;
     let total_steps = t.steps as u64;
     let mut report = TrainReport { run_dir: run.root.clone(), num_params, start_step, last_step: start_step, last_checkpoint: resume_from.map(|c| c.dir), last_samples: None };
     // A run stopped between a checkpoint and its FID (or resumed once complete without its
     // last FID) evaluates that checkpoint first, so no FID step goes missing.
     let every = config.eval.fid_every as u64;
-    let catch_up = start_step > 0 && fid_due(every, start_step, total_steps) && !read_fid_lines(&journal).unwrap_or_default().iter().any(|l| l.step == start_step);
+    let catch_up = start_step > 0 && fid_due(every, start_step, total_steps) && !journal::fid_lines(&journal).unwrap_or_default().iter().any(|l| l.step == start_step);
     let fid = if every > 0 && (start_step < total_steps || catch_up) {
         let cache = config.eval.fid_cache.clone().unwrap_or_else(|| run.root.clone());
         Some(FidPlan::prepare(config, &images, journal.clone(), run.fid_curve(), &cache, device)?)
@@ -190,7 +194,7 @@ where
         fid.evaluate(&learner.model().ema.valid(), recipe_precond, &schedule, [images.channels, images.size], start_step, device)?;
     }
     if start_step >= total_steps {
-        eprintln!("the run is already complete at step {start_step} (train.steps = {total_steps})");
+        tracing::info!("the run is already complete at step {start_step} (train.steps = {total_steps})");
         return Ok(report);
     }
 
@@ -269,29 +273,26 @@ pub type RunLearner<B> = Learner<Components<B, OptimizerAdaptor<AdamW, Trainer<B
 pub(crate) fn load_images(config: &Config) -> Result<(data::ImageSet, UNetConfig), TrainError> {
     let images = data::load(config)?;
     if config.model.class_conditional && images.labels.is_none() {
-        return Err(TrainError::Invalid {
-            key: "model.class_conditional",
-            message: format!("the {} dataset has no class labels", crate::config::enum_name(&config.data.dataset)),
-        });
+        return Err(TrainError::Invalid(Invalid::new(
+            "model.class_conditional",
+            format!("the {} dataset has no class labels", crate::config::enum_name(&config.data.dataset)),
+        )));
     }
     if images.len() < config.train.batch_size {
         tracing::warn!("the dataset has {} images, fewer than a batch of {}", images.len(), config.train.batch_size);
     }
     let unet = config.unet_config(images.size, images.channels, images.num_classes);
-    unet.validate().map_err(|message| TrainError::Invalid {
-        key: "model",
-        message: format!("{message} (the images are {}x{})", images.size, images.size),
-    })?;
+    unet.validate().map_err(|message| Invalid::new("model", format!("{message} (the images are {}x{})", images.size, images.size)))?;
     Ok((images, unet))
 }
 
 /// Builds the learner `train` trains (and `bench train` times), with its parameter count.
-pub(crate) fn build_learner<B>(config: &Config, unet: &UNetConfig, device: &B::Device) -> (RunLearner<B>, usize)
+pub(crate) fn build_learner<B>(config: &Config, unet: &UNetConfig, device: &B::Device) -> Result<(RunLearner<B>, usize), Invalid>
 where
     B: AutodiffBackend + AssignBackend,
     B::InnerBackend: AssignBackend,
 {
-    let model = Recipe::from_config(config).init::<B>(unet, device);
+    let model = Recipe::from_config(config)?.init::<B>(unet, device);
     let num_params = model.net.num_params();
     let t = &config.train;
     let optimizer = AdamWConfig::new()
@@ -300,7 +301,7 @@ where
         .with_epsilon(t.adam_eps as f32)
         .with_weight_decay(t.weight_decay as f32)
         .init::<B, Trainer<B>>();
-    (Learner::new(model, optimizer, WarmupLr::new(t.lr, t.warmup_steps)), num_params)
+    Ok((Learner::new(model, optimizer, WarmupLr::new(t.lr, t.warmup_steps)), num_params))
 }
 
 /// Creates the run directory's folders and finds the checkpoint to resume from.
@@ -331,17 +332,17 @@ fn prepare_run_dir(run: &RunDir, options: &TrainOptions) -> Result<Option<Checkp
         Resume::Latest => match existing.last() {
             Some((_, dir)) => {
                 let ckpt = Checkpoint::open(dir)?;
-                eprintln!("resuming from {} (step {}): the newest complete checkpoint{}", dir.display(), ckpt.state.step, skipped_incomplete(&run.checkpoints(), ckpt.state.step));
+                tracing::info!("resuming from {} (step {}): the newest complete checkpoint{}", dir.display(), ckpt.state.step, skipped_incomplete(&run.checkpoints(), ckpt.state.step));
                 Some(ckpt)
             }
             None => {
-                eprintln!("no complete checkpoint in {} yet: starting the run from scratch{}", run.checkpoints().display(), skipped_incomplete(&run.checkpoints(), 0));
+                tracing::info!("no complete checkpoint in {} yet: starting the run from scratch{}", run.checkpoints().display(), skipped_incomplete(&run.checkpoints(), 0));
                 None
             }
         },
         Resume::From(dir) => {
             let ckpt = Checkpoint::open(dir)?;
-            eprintln!("resuming from {} (step {}): the checkpoint --resume names", dir.display(), ckpt.state.step);
+            tracing::info!("resuming from {} (step {}): the checkpoint --resume names", dir.display(), ckpt.state.step);
             set_aside_newer(&run.checkpoints(), &existing, ckpt.state.step)?;
             Some(ckpt)
         }
@@ -367,7 +368,7 @@ fn set_aside_newer(root: &Path, existing: &[(u64, PathBuf)], step: u64) -> Resul
         let to = aside.join(dir.file_name().unwrap_or_default());
         std::fs::rename(dir, &to).map_err(|source| TrainError::Io { path: (*dir).clone(), source })?;
     }
-    eprintln!("moved the {} newer checkpoint(s) of the abandoned continuation to {}", newer.len(), aside.display());
+    tracing::info!("moved the {} newer checkpoint(s) of the abandoned continuation to {}", newer.len(), aside.display());
     Ok(())
 }
 
@@ -424,16 +425,16 @@ pub fn sample<B: Backend>(path: &Path, request: &SampleRequest, device: &B::Devi
             other => other.into(),
         })?;
         let step = Checkpoint::open(&dir)?.state.step;
-        eprintln!("sampling from {} (step {}): the newest complete checkpoint of {}{}", dir.display(), step, path.display(), skipped_incomplete(&root, step));
+        tracing::info!("sampling from {} (step {}): the newest complete checkpoint of {}{}", dir.display(), step, path.display(), skipped_incomplete(&root, step));
         dir
     };
     let ckpt = Checkpoint::open(&dir)?;
-    let config = Config::from_toml(&ckpt.read_file(CONFIG_FILE)?, &dir.join(CONFIG_FILE), &[])?;
+    let config = Config::from_recorded_toml(&ckpt.read_file(CONFIG_FILE)?, &dir.join(CONFIG_FILE))?;
     let unet: UNetConfig = serde_json::from_str(&ckpt.read_file(UNET_FILE)?).map_err(|e| CheckpointError::Invalid {
         path: dir.join(UNET_FILE),
         reason: e.to_string(),
     })?;
-    let recipe = Recipe::from_config(&config);
+    let recipe = Recipe::from_config(&config)?;
     let schedule = recipe.objective.schedule().clone();
     let precond = recipe.objective.precond();
     let trainer: Trainer<B> = recipe.init::<B>(&unet, device);
@@ -451,7 +452,7 @@ pub fn sample<B: Backend>(path: &Path, request: &SampleRequest, device: &B::Devi
         ..defaults.clone()
     };
     let requested = Config { sample: options.clone(), ..config.clone() };
-    requested.validate().map_err(|(key, message)| TrainError::RunDir(format!("this run cannot be sampled so: `{key}`: {message}")))?;
+    requested.validate().map_err(|e| TrainError::RunDir(format!("this run cannot be sampled so: {e}")))?;
     let images = sampling::generate(&trainer.ema, precond, &schedule, &options, 0..request.n, [unet.in_channels, unet.image_size], device);
     save_grid(images, grid_columns(request.n, unet.num_classes), &request.out)
         .map_err(|source| TrainError::Io { path: request.out.clone(), source })?;

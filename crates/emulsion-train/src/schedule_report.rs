@@ -3,36 +3,38 @@
 use std::fmt::Write as _;
 use std::path::Path;
 
-use emulsion_schedule::{process::Process, LogSnr, Schedule, ScheduleKind};
+use emulsion_schedule::{process::Process, Curve, LogSnr, Schedule};
 
-use crate::config::{apply_override, ConfigError, DiffusionConfig};
+use crate::config::{apply_override, located_key, ConfigError, DiffusionConfig};
 
-/// The `[diffusion]` settings of schedule `name` with `PARAM=VALUE` settings applied: a bare
-/// parameter of that schedule (`mu=0.5` for `laplace`) or any dotted `diffusion` key
-/// (`shift=2`, `lambda_min=-10`, `cauchy.gamma=2`).
-pub fn resolve(name: &str, settings: &[String]) -> Result<DiffusionConfig, ConfigError> {
-    let kind: ScheduleKind = toml::Value::String(name.to_string()).try_into().map_err(|e: toml::de::Error| {
-        ConfigError::Key { location: "schedule".into(), key: name.to_string(), message: e.message().to_string() }
-    })?;
+/// `[diffusion]` keys that are not the curve's own parameters.
+const RANGE_KEYS: [&str; 3] = ["shift", "lambda_min", "lambda_max"];
+
+/// The schedule `name` with `PARAM=VALUE` settings applied: a parameter of that curve
+/// (`mu=0.5` for `laplace`) or a `[diffusion]` key of the range (`shift=2`, `lambda_min=-10`).
+pub fn resolve(name: &str, settings: &[String]) -> Result<Schedule, ConfigError> {
+    if Curve::named(name).is_none() {
+        let known = Curve::NAMES.map(|n| format!("`{n}`")).join(", ");
+        return Err(ConfigError::Key { location: "schedule".into(), key: name.to_string(), message: format!("no such schedule; the schedules are {known}") });
+    }
     let mut table = toml::Table::new();
-    table.insert("schedule".into(), toml::Value::String(kind.name().into()));
+    table.insert("schedule".into(), toml::Value::String(name.into()));
     for arg in settings {
         let key = arg.split_once('=').map_or(arg.as_str(), |(k, _)| k.trim());
-        let qualified = if kind.parameters().contains(&key) { format!("{}.{arg}", kind.name()) } else { arg.clone() };
+        let qualified = if RANGE_KEYS.contains(&key) { arg.clone() } else { format!("schedule.{arg}") };
         apply_override(&mut table, &qualified).map_err(|e| match e {
             ConfigError::Override { message, .. } => ConfigError::Override { arg: arg.clone(), message },
             other => other,
         })?;
     }
-    let config: DiffusionConfig = serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
-        let key = match e.path().to_string() {
-            root if root == "." => "diffusion".to_string(),
-            path => format!("diffusion.{path}"),
-        };
-        ConfigError::Key { location: "--set".into(), key, message: e.inner().message().to_string() }
+    let config: DiffusionConfig = serde_path_to_error::deserialize(toml::Value::Table(table.clone())).map_err(|e| {
+        let (key, message) = located_key(&e, &table, "diffusion");
+        ConfigError::Key { location: "--set".into(), key, message }
     })?;
-    config.validate().map_err(|(key, message)| ConfigError::Key { location: "--set".into(), key, message })?;
-    Ok(config)
+    config.schedule().map_err(|e| {
+        let e = e.within("diffusion");
+        ConfigError::Key { location: "--set".into(), key: e.key, message: e.message }
+    })
 }
 
 /// CSV with header `t,lambda,alpha,sigma`: the schedule's own `λ(t)` (shift applied, not
@@ -122,7 +124,7 @@ pub fn plot(schedules: &[Schedule], out: &Path) -> Result<(), String> {
 
 /// The schedule's name, and its shift when there is one, for the legend.
 fn label(s: &Schedule) -> String {
-    let kind = s.kind();
+    let kind = s.curve();
     let shift = if s.shift() != 1.0 { format!(", shift {}", s.shift()) } else { String::new() };
     format!("{kind}{shift}")
 }
@@ -133,13 +135,13 @@ mod tests {
 
     #[test]
     fn dump_prints_the_laplace_closed_form_at_full_precision() {
-        let config = resolve("laplace", &["mu=0.5".into(), "b=2".into()]).unwrap();
-        let csv = dump_csv(&config.schedule(), &[0.1, 0.5, 0.9]);
+        let schedule = resolve("laplace", &["mu=0.5".into(), "b=2".into()]).unwrap();
+        let csv = dump_csv(&schedule, &[0.1, 0.5, 0.9]);
         let rows: Vec<Vec<f64>> = csv.lines().skip(1).map(|l| l.split(',').map(|v| v.parse().unwrap()).collect()).collect();
         assert_eq!(csv.lines().next(), Some("t,lambda,alpha,sigma"));
         // λ(0.1) = μ - b ln(0.2); the CSV carries every digit of the f64.
         assert!((rows[0][1] - (0.5 - 2.0 * 0.2f64.ln())).abs() < 1e-15);
-        assert_eq!(rows[0][1], config.schedule().lambda(0.1));
+        assert_eq!(rows[0][1], schedule.lambda(0.1));
         assert_eq!(rows[1][1], 0.5);
         let (a, s) = (rows[2][2], rows[2][3]);
         assert!((a * a + s * s - 1.0).abs() < 1e-15 && ((a * a / (s * s)).ln() - rows[2][1]).abs() < 1e-12);
@@ -147,14 +149,14 @@ mod tests {
 
     #[test]
     fn settings_name_parameters_or_diffusion_keys() {
-        let c = resolve("cauchy", &["gamma=2".into(), "shift=2".into(), "lambda_min=-20".into()]).unwrap();
-        assert_eq!((c.cauchy.gamma, c.shift, c.lambda_min), (2.0, 2.0, -20.0));
+        let s = resolve("cauchy", &["gamma=2".into(), "shift=2".into(), "lambda_min=-20".into()]).unwrap();
+        assert_eq!((s.curve(), s.shift(), s.lambda_min), (&Curve::Cauchy(emulsion_schedule::Cauchy { mu: 0.0, gamma: 2.0 }), 2.0, -20.0));
         let e = resolve("laplace", &["b=-1".into()]).unwrap_err().to_string();
-        assert!(e.contains("diffusion.laplace.b") && e.contains("positive"), "{e}");
+        assert!(e.contains("diffusion.schedule.b") && e.contains("positive"), "{e}");
         let e = resolve("laplacian", &[]).unwrap_err().to_string();
         assert!(e.contains("laplace") && e.contains("cosine"), "{e}");
         let e = resolve("laplace", &["gamma=2".into()]).unwrap_err().to_string();
-        assert!(e.contains("gamma"), "{e}");
+        assert!(e.contains("`diffusion.schedule.gamma`") && e.contains("does not apply to `type = \"laplace\"`"), "{e}");
         assert!(check_ts(vec![0.1, 0.5]).is_ok() && check_ts(vec![0.1, 1.0]).is_err() && check_ts(vec![f64::NAN]).is_err());
     }
 
@@ -163,7 +165,7 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("emulsion-schedule-plot-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let out = dir.join("schedules.png");
-        let all: Vec<Schedule> = ScheduleKind::ALL.iter().map(|k| resolve(k.name(), &[]).unwrap().schedule()).collect();
+        let all: Vec<Schedule> = Curve::NAMES.iter().map(|name| resolve(name, &[]).unwrap()).collect();
         plot(&all, &out).unwrap();
         let image = image::open(&out).unwrap();
         assert_eq!((image.width(), image.height()), (1400, 600));

@@ -22,8 +22,8 @@ use serde::Deserialize;
 
 use crate::checkpoint;
 use crate::config::{Config, ConfigError};
-use crate::fid::read_fid_lines;
-use crate::monitor::{plot_curves, read_journal};
+use crate::journal;
+use crate::monitor::plot_curves;
 use crate::run::RunDir;
 
 /// A sweep file, as written.
@@ -236,7 +236,7 @@ pub fn run_status(config: &Config) -> RunStatus {
     match newest {
         None => RunStatus::New,
         Some(step) if step >= config.train.steps as u64 => {
-            let has_final_fid = || read_fid_lines(&run.metrics()).unwrap_or_default().iter().any(|l| l.step == step);
+            let has_final_fid = || journal::fid_lines(&run.metrics()).unwrap_or_default().iter().any(|l| l.step == step);
             if config.eval.fid_every == 0 || has_final_fid() { RunStatus::Done } else { RunStatus::Partial(step) }
         }
         Some(step) => RunStatus::Partial(step),
@@ -263,10 +263,10 @@ pub struct RunResult {
 /// Reads the journal of `run`, whose resolved config is `config`.
 pub fn run_result(run: &SweepRun, config: &Config, target_fid: Option<f64>) -> RunResult {
     let journal = RunDir::new(&run.run_dir).metrics();
-    let lines = read_journal(&journal).unwrap_or_default();
+    let lines = journal::train_lines(&journal).unwrap_or_default();
     let mut rates: Vec<f64> = lines.iter().map(|l| l.images_per_s).filter(|r| r.is_finite() && *r > 0.0).collect();
     rates.sort_by(f64::total_cmp);
-    let fid: Vec<(u64, f64)> = read_fid_lines(&journal).unwrap_or_default().iter().map(|l| (l.step, l.fid)).collect();
+    let fid: Vec<(u64, f64)> = journal::fid_lines(&journal).unwrap_or_default().iter().map(|l| (l.step, l.fid)).collect();
     RunResult {
         combination: run.combination.clone(),
         seed: run.seed,
@@ -397,7 +397,7 @@ mod tests {
         assert_eq!(config.run.seed, 4);
         assert_eq!(config.run_dir(), run.run_dir);
         assert_eq!(config.train.lr, 1e-3);
-        assert_eq!(crate::config::enum_name(&config.diffusion.schedule), "laplace");
+        assert_eq!(config.diffusion.curve().name(), "laplace");
         assert_eq!(format!("{:?}", config.assignment.method).to_lowercase(), "lsa");
     }
 

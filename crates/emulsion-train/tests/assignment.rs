@@ -7,12 +7,12 @@ mod common;
 use std::path::Path;
 
 use burn::backend::{Autodiff, NdArray};
-use emulsion_train::monitor::{read_journal, MetricsLine};
+use emulsion_train::journal::{train_lines, TrainLine};
 use emulsion_train::{Resume, TrainOptions};
 
 type B = Autodiff<NdArray<f32>>;
 
-fn train(out: &Path, method: &str, extra: &[&str]) -> Vec<MetricsLine> {
+fn train(out: &Path, method: &str, extra: &[&str]) -> Vec<TrainLine> {
     let mut overrides: Vec<String> = [
         "data.limit=64",
         "model.channel_mult=[1, 2]",
@@ -29,7 +29,7 @@ fn train(out: &Path, method: &str, extra: &[&str]) -> Vec<MetricsLine> {
     let config = common::quickstart_config(out, method, &overrides);
     let options = TrainOptions { resume: Resume::No, overwrite: true };
     emulsion_train::train::<B>(&config, &Default::default(), &options).unwrap();
-    read_journal(&config.run_dir().join("metrics.jsonl")).unwrap()
+    train_lines(&config.run_dir().join("metrics.jsonl")).unwrap()
 }
 
 #[test]
@@ -66,7 +66,7 @@ fn every_method_trains_and_records_its_distance_and_time() {
             assert!((assigned - lsa).abs() < 1e-2 * lsa, "auction {assigned} vs lsa {lsa}");
         }
     }
-    let mean = |j: &[MetricsLine]| j.iter().map(|l| l.assign_distance.unwrap()).sum::<f64>() / j.len() as f64;
+    let mean = |j: &[TrainLine]| j.iter().map(|l| l.assign_distance.unwrap()).sum::<f64>() / j.len() as f64;
     assert!(mean(&knn) < mean(&none), "nearest of 8: {} vs random {}", mean(&knn), mean(&none));
     std::fs::remove_dir_all(&out).unwrap();
 }

@@ -114,7 +114,7 @@ fn checkpoint_of_a_tiny_run(root: &Path) -> (PathBuf, Trainer<NdArray<f32>>) {
     let config = common::quickstart_config(root, "fuzz", &sets);
     emulsion_train::train::<Autodiff<NdArray<f32>>>(&config, &Default::default(), &Default::default()).unwrap();
     let dir = checkpoint::latest(&config.run_dir().join("checkpoints")).unwrap();
-    let trainer = Recipe::from_config(&config).init(&config.unet_config(8, 1, 10), &Default::default());
+    let trainer = Recipe::from_config(&config).unwrap().init(&config.unet_config(8, 1, 10), &Default::default());
     (dir, trainer)
 }
 

@@ -4,7 +4,7 @@
 mod common;
 
 use burn::backend::{Autodiff, NdArray};
-use emulsion_train::monitor::read_journal;
+use emulsion_train::journal::train_lines;
 use emulsion_train::{Config, Resume, SampleRequest, TrainOptions};
 
 type B = Autodiff<NdArray<f32>>;
@@ -33,7 +33,7 @@ fn every_objective_trains_and_samples() {
         overrides.extend(extra.iter().map(|s| s.to_string()));
         let config = common::quickstart_config(&out, name, &overrides);
         emulsion_train::train::<B>(&config, &Default::default(), &TrainOptions { resume: Resume::No, overwrite: true }).unwrap();
-        let journal = read_journal(&config.run_dir().join("metrics.jsonl")).unwrap();
+        let journal = train_lines(&config.run_dir().join("metrics.jsonl")).unwrap();
         assert_eq!(journal.len(), 2, "{name}");
         assert!(journal.iter().all(|l| l.loss.is_finite() && l.loss > 0.0), "{name}: {journal:?}");
         let grid = out.join(format!("{name}.png"));

@@ -75,7 +75,7 @@ fn final_model(run_dir: &Path, config: &Config) -> (Vec<f32>, Vec<f32>, u64) {
     let device = Default::default();
     let unet = config.unet_config(8, 1, 10);
     let trainer: Trainer<NdArray<f32>> =
-        Recipe::from_config(config).init(&unet, &device).load_record(ckpt.load(MODEL, &device).unwrap());
+        Recipe::from_config(config).unwrap().init(&unet, &device).load_record(ckpt.load(MODEL, &device).unwrap());
     (common::weights(&trainer.net), common::weights(&trainer.ema), ckpt.state.step)
 }
 
@@ -118,7 +118,7 @@ fn resuming_reproduces_the_uninterrupted_run_bit_for_bit() {
 
         // The weights moved, and the EMA lags behind them: the test is not comparing two copies
         // of the initialisation.
-        let init = common::weights(&Recipe::from_config(&straight).init::<NdArray<f32>>(&straight.unet_config(8, 1, 10), &device).net);
+        let init = common::weights(&Recipe::from_config(&straight).unwrap().init::<NdArray<f32>>(&straight.unet_config(8, 1, 10), &device).net);
         assert!(net_a.iter().zip(&init).any(|(a, b)| a != b));
         assert!(net_a.iter().zip(&ema_a).any(|(a, b)| a != b));
 
@@ -157,7 +157,7 @@ fn a_resumed_run_logs_the_same_journal_as_the_uninterrupted_one() {
     let report = emulsion_train::train::<B>(&resumed, &device, &TrainOptions { resume: Resume::From(resumed.run_dir().join("checkpoints/step-00000003")), overwrite: false }).unwrap();
     assert_eq!(report.start_step, 3);
     let lines = |name: &str| -> Vec<(u64, f64, Option<f64>)> {
-        emulsion_train::monitor::read_journal(&root.join(name).join("metrics.jsonl"))
+        emulsion_train::journal::train_lines(&root.join(name).join("metrics.jsonl"))
             .unwrap()
             .into_iter()
             .filter(|l| l.step % 5 == 0)

@@ -6,8 +6,8 @@ mod common;
 use std::path::Path;
 
 use burn::backend::{Autodiff, NdArray};
-use emulsion_schedule::ScheduleKind;
-use emulsion_train::monitor::read_journal;
+use emulsion_schedule::Curve;
+use emulsion_train::journal::train_lines;
 use emulsion_train::trainer::Recipe;
 use emulsion_train::{Config, Resume, TrainOptions};
 
@@ -17,7 +17,8 @@ type B = Autodiff<NdArray<f32>>;
 fn every_schedule_trains_on_the_quickstart_data() {
     let out = common::tempdir("schedules");
     let mut weights = Vec::new();
-    for kind in ScheduleKind::ALL {
+    for curve in Curve::defaults() {
+        let kind = curve.name();
         let overrides: Vec<String> = [
             "data.limit=16".into(),
             "model.channel_mult=[1, 2]".into(),
@@ -32,26 +33,25 @@ fn every_schedule_trains_on_the_quickstart_data() {
         ]
         .into();
         let config = common::quickstart_config(&out, &kind.to_string(), &overrides);
-        assert_eq!(Recipe::from_config(&config).objective.schedule().kind(), kind);
+        assert_eq!(Recipe::from_config(&config).unwrap().objective.schedule().curve(), &curve);
         let options = TrainOptions { resume: Resume::No, overwrite: true };
         let report = emulsion_train::train::<B>(&config, &Default::default(), &options).unwrap();
         assert!(report.last_samples.is_some_and(|p| p.exists()), "{kind}: samples were drawn");
 
         let run = config.run_dir();
-        let journal = read_journal(&run.join("metrics.jsonl")).unwrap();
+        let journal = train_lines(&run.join("metrics.jsonl")).unwrap();
         assert_eq!(journal.len(), 2, "{kind}");
         assert!(journal.iter().all(|l| l.loss.is_finite() && l.loss > 0.0), "{kind}: {journal:?}");
         weights.push(std::fs::read(run.join("checkpoints/step-00000002/model.mpk")).unwrap());
 
         let recorded = std::fs::read_to_string(run.join("config.toml")).unwrap();
         let recorded = Config::from_toml(&recorded, Path::new("config.toml"), &[]).unwrap();
-        assert_eq!((recorded.diffusion.schedule, recorded.diffusion.shift), (kind, 1.5));
-        assert_eq!(recorded.diffusion.schedule_params(), config.diffusion.schedule_params());
+        assert_eq!((recorded.diffusion.curve(), recorded.diffusion.shift), (curve, 1.5));
     }
     // Same seed, data and noise: only the noise levels differ, and so do the trained weights.
     for (i, a) in weights.iter().enumerate() {
         for (j, b) in weights.iter().enumerate().skip(i + 1) {
-            assert_ne!(a, b, "{} and {} trained identical weights", ScheduleKind::ALL[i], ScheduleKind::ALL[j]);
+            assert_ne!(a, b, "{} and {} trained identical weights", Curve::NAMES[i], Curve::NAMES[j]);
         }
     }
     std::fs::remove_dir_all(&out).unwrap();

@@ -11,7 +11,7 @@ use emulsion_schedule::ict::IctCurriculum;
 use emulsion_schedule::karras::Karras;
 use emulsion_schedule::polynomial::{PolynomialLevels, PredefinedLevels, SinusoidalCurriculum};
 use emulsion_schedule::process::lambda_of_edm_sigma;
-use emulsion_schedule::{Curve, LogNormal, Schedule, ScheduleKind, ScheduleParams};
+use emulsion_schedule::{Curve, LogNormal, Schedule};
 use emulsion_train::config::{FdmBaseKind, FdmConfig, SampleConfig, SamplerKind, Spacing};
 use emulsion_train::objective::{ConsistencyTraining, Curriculum, Edm, Fdm, Flow, LevelChoice, Objective, ObjectiveInput, Vp, VpTarget};
 use emulsion_train::sampling::generate;
@@ -81,7 +81,7 @@ fn train_and_measure(objective: &Objective, sampler: SamplerKind, steps: usize) 
 
 /// `[s_min, s_max] = [0.002, 80]` as a log-SNR range.
 fn edm_range(curve: Curve) -> Schedule {
-    Schedule::new(curve, lambda_of_edm_sigma(80.0), lambda_of_edm_sigma(0.002))
+    Schedule::new(curve, lambda_of_edm_sigma(80.0), lambda_of_edm_sigma(0.002), 1.0).unwrap()
 }
 
 fn lognormal(p_mean: f64, p_std: f64) -> Curve {
@@ -105,17 +105,17 @@ fn check(name: &str, objective: Objective, sampler: SamplerKind, steps: usize) {
 #[test]
 fn diffusion_objectives_learn_a_2d_mixture() {
     let _rng = lock_rng();
-    let cosine = Schedule::from_kind(ScheduleKind::Cosine, &ScheduleParams::default(), -10.0, 10.0);
+    let cosine = Schedule::cosine(-10.0, 10.0).unwrap();
     for target in [VpTarget::Eps, VpTarget::V, VpTarget::X0] {
         check(&format!("vp-{target:?}"), Objective::Vp(Vp { schedule: cosine.clone(), target }), SamplerKind::Heun, 18);
     }
     let edm = edm_range(lognormal(-1.2, 1.2));
     check("edm", Objective::Edm(Edm { schedule: edm.clone(), sigma_data: 0.5 }), SamplerKind::Heun, 18);
-    let flow = Schedule::from_kind(ScheduleKind::Flow, &ScheduleParams::default(), -10.0, 10.0);
+    let flow = Schedule::new(Curve::Flow {}, -10.0, 10.0, 1.0).unwrap();
     check("flow", Objective::Flow(Flow { schedule: flow }), SamplerKind::Euler, 32);
     // Each FDM variant as configured (official τ ranges and warm-ups), on its base's levels:
     // EDM's log-normal, VP's and VE's cosine over their official ranges.
-    let ve = Schedule::from_kind(ScheduleKind::Cosine, &ScheduleParams::default(), lambda_of_edm_sigma(100.0), lambda_of_edm_sigma(0.02));
+    let ve = Schedule::cosine(lambda_of_edm_sigma(100.0), lambda_of_edm_sigma(0.02)).unwrap();
     for (name, base, schedule) in [("fdm-edm", FdmBaseKind::Edm, edm.clone()), ("fdm-vp", FdmBaseKind::Vp, cosine.clone()), ("fdm-ve", FdmBaseKind::Ve, ve)] {
         let fdm = FdmConfig { base, ..Default::default() }.objective(schedule, 0.5);
         check(name, Objective::Fdm(fdm), SamplerKind::Heun, 18);

@@ -115,8 +115,8 @@ fn malformed_configs_name_the_key_and_never_panic() {
     fails_with(emulsion(&["train", "configs/quickstart.toml", "--set", "assignment.epsilon=-1"]), &["`assignment.epsilon`", "≥ 0"]);
     fails_with(emulsion(&["train", "configs/quickstart.toml", "--set", "assignment.k=0"]), &["`assignment.k`", "at least 1"]);
     fails_with(
-        emulsion(&["train", "configs/quickstart.toml", "--set", "diffusion.schedule=laplace", "--set", "diffusion.laplace.b=0"]),
-        &["--set diffusion.laplace.b=0", "`diffusion.laplace.b`", "positive"],
+        emulsion(&["train", "configs/quickstart.toml", "--set", "diffusion.schedule=laplace", "--set", "diffusion.schedule.b=0"]),
+        &["--set diffusion.schedule.b=0", "`diffusion.schedule.b`", "positive"],
     );
     fails_with(
         emulsion(&["train", "configs/quickstart.toml", "--set", "diffusion.schedule=linear", "--set", "diffusion.lambda_min=10"]),
@@ -161,7 +161,7 @@ fn schedule_dump_prints_the_formulas_and_plot_draws_them() {
     let lambda = -2.0 * (std::f64::consts::FRAC_PI_2 * 0.3).tan().ln() - 2.0 * 2f64.ln();
     assert!((cosine[0][1] - lambda).abs() < 1e-14);
     usage_error(emulsion(&["schedule", "dump", "laplacian"]), &["'laplacian'", "possible values", "laplace"]);
-    fails_with(emulsion(&["schedule", "dump", "cauchy", "--set", "gamma=0"]), &["`diffusion.cauchy.gamma`", "positive"]);
+    fails_with(emulsion(&["schedule", "dump", "cauchy", "--set", "gamma=0"]), &["`diffusion.schedule.gamma`", "positive"]);
     fails_with(emulsion(&["schedule", "dump", "cosine", "--t", "1.5"]), &["--t", "outside (0, 1)"]);
 
     let dir = tempdir("schedule-plot");
@@ -231,6 +231,7 @@ fn quickstart_data_trains_samples_and_fills_the_run_directory() {
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
     assert_eq!(lines.iter().map(|l| l["step"].as_u64().unwrap()).collect::<Vec<_>>(), vec![1, 2, 3, 4]);
+    assert!(lines.iter().all(|l| l["kind"] == "train"), "every line says its kind: {lines:?}");
     for key in ["loss", "lr", "images_per_s", "wall_time_s"] {
         assert!(lines.iter().all(|l| l[key].as_f64().is_some_and(f64::is_finite)), "{key}");
     }
@@ -484,6 +485,8 @@ fn fid_compares_folders_configs_and_saved_statistics() {
     assert_eq!(cached.len(), 1, "one cached reference");
     let again = ok(fid(&[config.to_str().unwrap(), a.to_str().unwrap(), "--limit", "5"]));
     assert!(stderr(&again).contains("FID reference statistics: "), "the cache is read:\n{}", stderr(&again));
+    // Logged through `tracing`, as plain lines when stderr is not a terminal.
+    assert!(!stderr(&again).contains('\u{1b}'), "no colour codes in a pipe:\n{}", stderr(&again));
 
     fails_with(fid(&[a.to_str().unwrap()]), &["--save-stats"]);
     fails_with(fid(&[a.to_str().unwrap(), "no/such/folder"]), &["no/such/folder"]);

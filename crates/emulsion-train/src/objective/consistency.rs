@@ -148,7 +148,7 @@ mod tests {
     fn objective(levels: LevelChoice, curriculum: Curriculum) -> ConsistencyTraining {
         let lognormal = Curve::LogNormal(LogNormal { p_mean: -1.1, p_std: 2.0 });
         // λ = −2 ln s: [0.002, 80].
-        let schedule = Schedule::new(lognormal, -2.0 * 80f64.ln(), -2.0 * 0.002f64.ln());
+        let schedule = Schedule::new(lognormal, -2.0 * 80f64.ln(), -2.0 * 0.002f64.ln(), 1.0).unwrap();
         ConsistencyTraining { schedule, sigma_data: 0.5, rho: 7.0, levels, curriculum, total_steps: 1000, huber_c: None }
     }
 

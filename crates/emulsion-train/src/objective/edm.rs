@@ -58,7 +58,7 @@ mod tests {
         // F ≈ 0 at initialisation, so D = c_skip x and D − x₀ = (c_skip − 1) x₀ + c_skip s ε.
         let (net, x0, noise) = crate::objective::tests::untrained_case(2, 4);
         let device = x0.device();
-        let objective = Edm { schedule: Schedule::cosine(-10.0, 10.0), sigma_data: 0.5 };
+        let objective = Edm { schedule: Schedule::cosine(-10.0, 10.0).unwrap(), sigma_data: 0.5 };
         let sigmas = [0.02f32, 0.5, 2.0, 40.0];
         let got: Vec<f32> = objective
             .loss_at(&net, ObjectiveInput { x0: x0.clone(), noise: noise.clone(), labels: None, step: 0 }, Tensor::from_floats(sigmas, &device))

@@ -95,7 +95,7 @@ mod tests {
     }
 
     fn objective(base: FdmBase) -> Fdm {
-        Fdm { schedule: Schedule::cosine(-10.0, 10.0), base, scale: FdmScale::default(), warmup: LossClampWarmup { warmup: 200 } }
+        Fdm { schedule: Schedule::cosine(-10.0, 10.0).unwrap(), base, scale: FdmScale::default(), warmup: LossClampWarmup { warmup: 200 } }
     }
 
     #[test]

@@ -44,7 +44,7 @@ mod tests {
         let _rng = crate::lock_backend_rng();
         let (net, x0, noise) = crate::objective::tests::untrained_case(3, 3);
         let device = x0.device();
-        let got: Vec<f32> = Flow { schedule: Schedule::cosine(-10.0, 10.0) }
+        let got: Vec<f32> = Flow { schedule: Schedule::cosine(-10.0, 10.0).unwrap() }
             .loss_at(&net, ObjectiveInput { x0: x0.clone(), noise: noise.clone(), labels: None, step: 0 }, Tensor::from_floats([0.1, 1.0, 10.0], &device))
             .into_data()
             .to_vec()

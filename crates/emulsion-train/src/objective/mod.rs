@@ -11,6 +11,7 @@ pub mod vp;
 
 use burn::prelude::*;
 use emulsion_models::{Network, Precond};
+use emulsion_config::Invalid;
 use emulsion_schedule::Schedule;
 
 use crate::config::{Config, ObjectiveKind};
@@ -46,16 +47,19 @@ pub enum Objective {
 }
 
 impl Objective {
-    pub fn from_config(config: &Config) -> Self {
+    /// The objective `config` describes; the error names the `diffusion` key that rules it out
+    /// (a loaded [`Config`] has been checked already).
+    pub fn from_config(config: &Config) -> Result<Self, Invalid> {
         let d = &config.diffusion;
-        let schedule = d.schedule();
-        match d.objective {
+        let schedule = d.schedule().map_err(|e| e.within("diffusion"))?;
+        let sigma_data = d.sigma_data.unwrap_or(DEFAULT_SIGMA_DATA);
+        Ok(match d.objective {
             ObjectiveKind::Vp => Objective::Vp(Vp { schedule, target: d.target.unwrap_or_default() }),
-            ObjectiveKind::Edm => Objective::Edm(Edm { schedule, sigma_data: d.sigma_data.unwrap_or(DEFAULT_SIGMA_DATA) }),
+            ObjectiveKind::Edm => Objective::Edm(Edm { schedule, sigma_data }),
             ObjectiveKind::Flow => Objective::Flow(Flow { schedule }),
-            ObjectiveKind::Fdm => Objective::Fdm(d.fdm.objective(schedule, d.sigma_data.unwrap_or(DEFAULT_SIGMA_DATA))),
-            ObjectiveKind::Ct => Objective::Consistency(d.ct.objective(schedule, d.sigma_data.unwrap_or(DEFAULT_SIGMA_DATA), config.train.steps as u64)),
-        }
+            ObjectiveKind::Fdm => Objective::Fdm(d.fdm().objective(schedule, sigma_data)),
+            ObjectiveKind::Ct => Objective::Consistency(d.ct().objective(schedule, sigma_data, config.train.steps as u64)),
+        })
     }
 
     /// Unreduced per-sample losses, `[N]`.
@@ -207,7 +211,7 @@ pub(crate) mod tests {
         let sigmas = [0.3f64, 4.0];
         let device = Default::default();
         let sigma_tensor = || lift(Tensor::<TestBackend, 1>::from_floats(sigmas.map(|s| s as f32), &device));
-        let schedule = Schedule::cosine(-10.0, 10.0);
+        let schedule = Schedule::cosine(-10.0, 10.0).unwrap();
         let cases: [(&str, Objective); 5] = [
             ("vp-eps", Objective::Vp(Vp { schedule: schedule.clone(), target: VpTarget::Eps })),
             ("vp-v", Objective::Vp(Vp { schedule: schedule.clone(), target: VpTarget::V })),

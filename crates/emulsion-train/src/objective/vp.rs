@@ -80,7 +80,7 @@ mod tests {
         let per_sample = |t: Tensor<TestBackend, 4>| -> Vec<f32> { t.powf_scalar(2.0).reshape([16, 64]).mean_dim(1).reshape([16]).into_data().to_vec().unwrap() };
         let lambdas: Vec<f32> = lambda.clone().into_data().to_vec().unwrap();
         for target in [VpTarget::Eps, VpTarget::V, VpTarget::X0] {
-            let objective = Vp { schedule: Schedule::cosine(-10.0, 10.0), target };
+            let objective = Vp { schedule: Schedule::cosine(-10.0, 10.0).unwrap(), target };
             let input = ObjectiveInput { x0: x0.clone(), noise: noise.clone(), labels: None, step: 0 };
             let got: Vec<f32> = objective.loss_at(&net, input, lambda.clone()).into_data().to_vec().unwrap();
             let want: Vec<f32> = match target {

@@ -12,7 +12,7 @@ use burn::prelude::*;
 use burn::tensor::Distribution;
 use emulsion_models::{Denoise, Network, Precond};
 use emulsion_schedule::karras::Karras;
-use emulsion_schedule::{process, Schedule};
+use emulsion_schedule::{process, Curve, Schedule};
 
 use crate::config::{SampleConfig, SamplerKind, Spacing};
 use crate::seeds::{self, Stream};
@@ -31,7 +31,8 @@ pub fn sigmas(schedule: &Schedule, spacing: Spacing, rho: f64, steps: usize) -> 
     let mut sigmas: Vec<f64> = match spacing {
         Spacing::Schedule => schedule.lambda_grid(steps).into_iter().map(process::edm_sigma).collect(),
         Spacing::Cosine => {
-            let cosine = Schedule::cosine(schedule.lambda_min, schedule.lambda_max).with_shift(schedule.shift());
+            let cosine = Schedule::new(Curve::Cosine {}, schedule.lambda_min, schedule.lambda_max, schedule.shift())
+                .expect("the cosine spans every log-SNR, and the range and shift are a valid schedule's");
             cosine.lambda_grid(steps).into_iter().map(process::edm_sigma).collect()
         }
         Spacing::Karras if steps < 2 => vec![s_max; steps],
@@ -134,7 +135,6 @@ pub fn generate<B: Backend, N: Network<B>>(
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use emulsion_schedule::ScheduleKind;
 
     /// The exact denoiser of data `N(mu, s² I)`: `D(x; σ) = mu + s² / (s² + σ²) (x − mu)`.
     pub(crate) struct GaussianDenoiser {
@@ -170,7 +170,7 @@ pub(crate) mod tests {
     pub(crate) fn moments(steps: usize, spacing: Spacing, sample: impl Fn(Tensor<crate::TestBackend, 4>, &[f64], &mut dyn FnMut() -> Tensor<crate::TestBackend, 4>) -> Tensor<crate::TestBackend, 4>) -> (f64, f64) {
         let device = Default::default();
         <crate::TestBackend as Backend>::seed(&device, 3);
-        let sigmas = sigmas(&Schedule::cosine(-12.0, 12.0), spacing, 7.0, steps);
+        let sigmas = sigmas(&Schedule::cosine(-12.0, 12.0).unwrap(), spacing, 7.0, steps);
         let x = Tensor::<crate::TestBackend, 4>::random([4096, 1, 2, 2], Distribution::Normal(0.0, 1.0), &device) * (S * S + sigmas[0] * sigmas[0]).sqrt() + MU;
         let shape = x.shape();
         let mut noise = || Tensor::random(shape.clone(), Distribution::Normal(0.0, 1.0), &device);
@@ -216,7 +216,7 @@ pub(crate) mod tests {
         let _rng = crate::lock_backend_rng();
         let d = GaussianDenoiser { mu: MU, s: S };
         let device = Default::default();
-        let sigmas = sigmas(&Schedule::cosine(-12.0, 12.0), Spacing::Cosine, 7.0, 12);
+        let sigmas = sigmas(&Schedule::cosine(-12.0, 12.0).unwrap(), Spacing::Cosine, 7.0, 12);
         let x = Tensor::<crate::TestBackend, 4>::random([64, 1, 2, 2], Distribution::Normal(0.0, 3.0), &device);
         let close = |a: Tensor<crate::TestBackend, 4>, b: Tensor<crate::TestBackend, 4>| (a - b).abs().max().into_scalar() < 1e-5;
         let mut none = || -> Tensor<crate::TestBackend, 4> { unreachable!("deterministic") };
@@ -261,7 +261,7 @@ pub(crate) mod tests {
             .with_num_blocks(1)
             .with_attn_resolutions(vec![])
             .init::<crate::TestBackend>(&device);
-        let schedule = Schedule::cosine(-10.0, 10.0);
+        let schedule = Schedule::cosine(-10.0, 10.0).unwrap();
         let extreme = |clip_denoised| {
             let options = SampleConfig { steps: 4, clip_denoised, ..SampleConfig::default() };
             let x = generate(&net, Precond::Vp, &schedule, &options, 0..3, [1, 4], &device);
@@ -273,7 +273,7 @@ pub(crate) mod tests {
 
     #[test]
     fn every_spacing_spans_the_truncated_range() {
-        let laplace = Schedule::from_kind(ScheduleKind::Laplace, &Default::default(), -10.0, 10.0);
+        let laplace = Schedule::new(Curve::named("laplace").unwrap(), -10.0, 10.0, 1.0).unwrap();
         for spacing in [Spacing::Cosine, Spacing::Schedule, Spacing::Karras] {
             let s = sigmas(&laplace, spacing, 7.0, 8);
             assert_eq!(s.len(), 9, "{spacing:?}");
@@ -290,7 +290,7 @@ pub(crate) mod tests {
 
     #[test]
     fn sigmas_fall_from_the_schedules_noisiest_level_to_zero() {
-        let s = sigmas(&Schedule::cosine(-10.0, 10.0), Spacing::Schedule, 7.0, 5);
+        let s = sigmas(&Schedule::cosine(-10.0, 10.0).unwrap(), Spacing::Schedule, 7.0, 5);
         assert_eq!(s.len(), 6);
         assert!((s[0] - 5f64.exp()).abs() < 1e-9 && (s[4] - (-5f64).exp()).abs() < 1e-12 && s[5] == 0.0);
         assert!(s.windows(2).all(|w| w[0] > w[1]));

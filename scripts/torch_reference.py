@@ -62,6 +62,9 @@ def apply_override(table, arg):
     *sections, last = key.strip().split(".")
     node = table
     for s in sections:
+        # A schedule given by name is the table holding only its `type`, as Emulsion reads it.
+        if s == "schedule" and isinstance(node.get(s), str):
+            node[s] = {"type": node[s]}
         node = node.setdefault(s, {})
     node[last] = value
 
@@ -313,8 +316,12 @@ def schedule(config):
     # `schedule` is a curve's name or a table with its `type` and parameters.
     chosen = d.get("schedule", "cosine")
     chosen = chosen if isinstance(chosen, dict) else {"type": chosen}
-    name = chosen["type"]
-    p = {**SCHEDULE_DEFAULTS.get(name, {}), **{k: v for k, v in chosen.items() if k != "type"}}
+    name = chosen.get("type", "cosine")
+    given = {k: v for k, v in chosen.items() if k != "type"}
+    unknown = sorted(set(given) - set(SCHEDULE_DEFAULTS.get(name, {})))
+    if unknown:
+        sys.exit(f"diffusion.schedule: {', '.join(unknown)} does not apply to type = {name!r}")
+    p = {**SCHEDULE_DEFAULTS.get(name, {}), **given}
     if name == "cosine":
         lam, t_of = (lambda t: -2 * torch.log(torch.tan(math.pi * t / 2))), (lambda l: 2 / math.pi * math.atan(math.exp(-l / 2)))
     elif name == "lognormal":

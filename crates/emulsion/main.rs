@@ -187,7 +187,7 @@ enum ScheduleCommand {
         /// The times, comma separated, each in (0, 1).
         #[arg(long, value_delimiter = ',', default_values_t = [0.1, 0.25, 0.5, 0.75, 0.9])]
         t: Vec<f64>,
-        /// A parameter of the schedule (mu=0.5) or a `diffusion` key (shift=2); repeatable.
+        /// A parameter of the schedule (mu=0.5) or of its range (shift=2, lambda_min=-10); repeatable.
         #[arg(long = "set", value_name = "PARAM=VALUE")]
         settings: Vec<String>,
     },

@@ -793,6 +793,13 @@ impl Config {
         Ok(config)
     }
 
+    /// Reads `path` as [`Config::from_recorded_toml`] does: today's layout, or a run
+    /// directory's record of an older one.
+    pub fn load_recorded(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+        Self::from_recorded_toml(&text, path)
+    }
+
     /// Reads a config recorded in a run directory or checkpoint (`config.toml`), including one
     /// recorded before the schedule became one section: there, `diffusion.schedule` named the
     /// curve, every curve's parameters had a table of their own, and the `fdm` and `ct` tables
@@ -808,7 +815,8 @@ impl Config {
             return Err(first);
         }
         let upgraded = toml::to_string(&table).map_err(|_| ConfigError::Syntax { path: path.to_path_buf(), message: first.to_string() })?;
-        Self::from_toml(&upgraded, path, &[]).map_err(|_| first)
+        // What is wrong with the record in today's terms, not that its layout is old.
+        Self::from_toml(&upgraded, path, &[])
     }
 
     /// The image side: `data.image_size`, or the dataset's native size where the format fixes
@@ -1273,6 +1281,19 @@ mod tests {
         let c = Config::from_recorded_toml(&ct, Path::new("config.toml")).unwrap();
         assert_eq!(c.diffusion.curve(), Curve::LogNormal(emulsion_schedule::LogNormal { p_mean: -1.2, p_std: 1.2 }));
         assert_eq!(c.diffusion.ct.as_ref().map(|ct| (ct.s1, ct.curve)), Some((1280, None)));
+        // FDM kept its table and lost the always-written `ct`; polynomial levels on the default
+        // cosine lost the schedule (it only gave the range) and kept `curve` and `jitter`.
+        let fdm = old.replace("objective = \"vp\"", "objective = \"fdm\"");
+        let c = Config::from_recorded_toml(&fdm, Path::new("config.toml")).unwrap();
+        assert_eq!((c.diffusion.fdm.as_ref().map(|f| f.beta_d), c.diffusion.ct.is_none()), (Some(19.9), true));
+        let polynomial = old
+            .replace("objective = \"vp\"", "objective = \"ct\"")
+            .replace("schedule = \"laplace\"", "schedule = \"cosine\"")
+            .replace("levels = \"schedule\"", "levels = \"polynomial\"")
+            + "[sample]\nsampler = \"consistency\"\n";
+        let c = Config::from_recorded_toml(&polynomial, Path::new("config.toml")).unwrap();
+        assert!(c.diffusion.schedule.is_none(), "{:?}", c.diffusion.schedule);
+        assert_eq!(c.diffusion.ct.as_ref().map(|ct| (ct.curve, ct.jitter)), Some((Some(2.5), Some(0.5))));
         // Today's layout and real errors pass through unchanged.
         assert_eq!(Config::from_recorded_toml(&c.to_toml(), Path::new("config.toml")).unwrap(), c);
         let e = Config::from_recorded_toml("[data]\ndataset = \"idx\"\n[train]\nstepz = 1\n", Path::new("config.toml")).unwrap_err();

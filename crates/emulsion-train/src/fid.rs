@@ -180,7 +180,8 @@ pub fn stats_of_path<B: Backend>(path: &Path, inception: Option<LoadedInception<
     match extension.as_deref() {
         Some("npz") => Ok(FeatureStats::load_npz(path)?),
         Some("toml") => {
-            let mut config = Config::load(path, &[])?;
+            // A user's config, or a run directory's recorded one (older layouts included).
+            let mut config = Config::load_recorded(path)?;
             let loaded = loaded()?;
             config.eval.fid_batch = batch;
             config.eval.inception = loaded.weights.to_path_buf();

@@ -30,7 +30,9 @@ impl JournalLine {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TrainLine {
     pub step: u64,
-    /// Mean training loss over the steps since the previous line.
+    /// Mean training loss over the steps since the previous line; NaN (JSON `null`) when every
+    /// one of them was skipped for a non-finite loss.
+    #[serde(deserialize_with = "null_as_nan")]
     pub loss: f64,
     pub lr: f64,
     pub images_per_s: f64,
@@ -57,6 +59,11 @@ pub struct FidLine {
     pub fid_samples: usize,
     /// Seconds the evaluation took (sampling, Inception and the distance).
     pub fid_seconds: f64,
+}
+
+/// JSON has no NaN: `serde_json` writes it as `null`, read back here as NaN.
+fn null_as_nan<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<f64, D::Error> {
+    Ok(Option::<f64>::deserialize(deserializer)?.unwrap_or(f64::NAN))
 }
 
 /// `line` as the journal's text, newline included.
@@ -99,14 +106,19 @@ pub fn fid_lines(path: &Path) -> std::io::Result<Vec<FidLine>> {
     Ok(lines)
 }
 
-/// Keeps the lines up to `step` (resuming from a checkpoint at `step`), as they were written.
+/// Keeps the lines up to `step` (resuming from a checkpoint at `step`), as they were written:
+/// only their `step` is read, so a line is kept whatever else it holds.
 pub fn truncate(path: &Path, step: u64) -> std::io::Result<()> {
+    #[derive(Deserialize)]
+    struct Step {
+        step: u64,
+    }
     let text = match std::fs::read_to_string(path) {
         Ok(text) => text,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
         Err(e) => return Err(e),
     };
-    let kept: String = text.lines().filter(|l| parse(l).is_some_and(|line| line.step() <= step)).map(|l| format!("{l}\n")).collect();
+    let kept: String = text.lines().filter(|l| serde_json::from_str::<Step>(l).is_ok_and(|s| s.step <= step)).map(|l| format!("{l}\n")).collect();
     let tmp = path.with_extension("jsonl.tmp");
     std::fs::write(&tmp, kept).and_then(|()| std::fs::rename(&tmp, path)).inspect_err(|_| {
         let _ = std::fs::remove_file(&tmp);
@@ -151,6 +163,25 @@ mod tests {
         assert_eq!(fid_lines(&path).unwrap().iter().map(|l| l.step).collect::<Vec<_>>(), vec![10, 30]);
         truncate(&path, 20).unwrap();
         assert_eq!(read(&path).unwrap(), vec![train(10), fid(10), train(20)]);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_line_of_skipped_steps_survives_reading_and_resuming() {
+        // Every step since the previous line skipped: the mean loss is NaN, written as `null`.
+        let dir = std::env::temp_dir().join(format!("emulsion-journal-nan-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("metrics.jsonl");
+        let _ = std::fs::remove_file(&path);
+        let skipped = TrainLine { step: 20, loss: f64::NAN, lr: 1e-4, images_per_s: 10.0, wall_time_s: 2.0, assign_distance: None, assign_ms: None, skipped_steps: Some(3) };
+        for line in [train(10), JournalLine::Train(skipped), train(30)] {
+            append(&path, &line).unwrap();
+        }
+        assert!(std::fs::read_to_string(&path).unwrap().contains("\"loss\":null"));
+        truncate(&path, 20).unwrap();
+        let lines = train_lines(&path).unwrap();
+        assert_eq!(lines.iter().map(|l| l.step).collect::<Vec<_>>(), vec![10, 20]);
+        assert!(lines[1].loss.is_nan() && lines[1].skipped_steps == Some(3), "{lines:?}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -62,8 +62,9 @@ def apply_override(table, arg):
     *sections, last = key.strip().split(".")
     node = table
     for s in sections:
-        # A schedule given by name is the table holding only its `type`, as Emulsion reads it.
-        if s == "schedule" and isinstance(node.get(s), str):
+        # A schedule or objective given by name is the table holding only its `type`, as
+        # Emulsion reads it.
+        if s in ("schedule", "objective") and isinstance(node.get(s), str):
             node[s] = {"type": node[s]}
         node = node.setdefault(s, {})
     node[last] = value
@@ -316,7 +317,9 @@ def schedule(config):
     # `schedule` is a curve's name or a table with its `type` and parameters.
     chosen = d.get("schedule", "cosine")
     chosen = chosen if isinstance(chosen, dict) else {"type": chosen}
-    name = chosen.get("type", "cosine")
+    if "type" not in chosen:
+        sys.exit("diffusion.schedule: missing field `type` (name the curve in `type`, or write it as its name)")
+    name = chosen["type"]
     given = {k: v for k, v in chosen.items() if k != "type"}
     unknown = sorted(set(given) - set(SCHEDULE_DEFAULTS.get(name, {})))
     if unknown:
@@ -357,9 +360,19 @@ def per_sample(v):
 
 def make_loss(config, net, sample_lambda):
     d = config.get("diffusion", {})
-    objective, target, sd = d.get("objective", "vp"), d.get("target", "eps"), d.get("sigma_data", 0.5)
+    # `objective` is a name or a table with its `type` and that objective's keys.
+    chosen = d.get("objective", "vp")
+    chosen = chosen if isinstance(chosen, dict) else {"type": chosen}
+    if "type" not in chosen:
+        sys.exit("diffusion.objective: missing field `type` (name the objective in `type`, or write it as its name)")
+    objective = chosen["type"]
     if objective not in ("vp", "edm", "flow"):
         sys.exit(f"objective {objective} is not mirrored by the reference (only vp, edm, flow); --count-only works for every config")
+    own = {"vp": {"target"}, "edm": {"sigma_data"}, "flow": set()}[objective]
+    unknown = sorted(set(chosen) - own - {"type"})
+    if unknown:
+        sys.exit(f"diffusion.objective: {', '.join(unknown)} does not apply to type = {objective!r}")
+    target, sd = chosen.get("target", "eps"), chosen.get("sigma_data", 0.5)
 
     def loss(x0, noise, labels):
         lam = sample_lambda(x0.shape[0], x0.device)

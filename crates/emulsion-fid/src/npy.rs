@@ -1,5 +1,6 @@
-//! NumPy `.npy` arrays (format 1-3, little-endian `u1`/`f4`/`f8`, C or Fortran order), read as
-//! f64 in C order, and f64 arrays written as format 1.0, as `np.save` does.
+//! NumPy `.npy` arrays through `npyz`: `u1`, `f4` and `f8` arrays in C or Fortran order read as
+//! f64 in C order, and f64 arrays written as `np.save` does. (`.npz` files are zip archives of
+//! these, opened with `zip` in `stats.rs`.)
 
 /// An array's shape and its values in C (row-major) order.
 #[derive(Debug, Clone, PartialEq)]
@@ -10,48 +11,39 @@ pub struct Array {
 
 /// Parses `.npy` bytes; the error says what is wrong with them.
 pub fn parse(bytes: &[u8]) -> Result<Array, String> {
-    if bytes.len() < 10 || &bytes[..6] != b"\x93NUMPY" {
+    if !bytes.starts_with(b"\x93NUMPY") {
         return Err("not a .npy array (no \\x93NUMPY magic)".into());
     }
-    let (header_len, start) = match bytes[6] {
-        1 => (u16::from_le_bytes([bytes[8], bytes[9]]) as usize, 10),
-        2 | 3 if bytes.len() >= 12 => (u32::from_le_bytes(bytes[8..12].try_into().expect("4 bytes")) as usize, 12),
-        v => return Err(format!(".npy format version {v} is not supported")),
+    let mut data = bytes;
+    let header = npyz::NpyHeader::from_reader(&mut data).map_err(|e| match e.kind() {
+        std::io::ErrorKind::UnexpectedEof => "truncated .npy header".to_string(),
+        _ => format!("bad .npy header: {e}"),
+    })?;
+    let type_str = match header.dtype() {
+        npyz::DType::Plain(t) => t.to_string(),
+        _ => return Err("structured dtypes are not supported (u1, f4 or f8)".into()),
     };
-    let header = bytes.get(start..start + header_len).ok_or("truncated .npy header")?;
-    let header = std::str::from_utf8(header).map_err(|_| "the .npy header is not text")?;
-    let field = |key: &str| -> Result<&str, String> {
-        let at = header.find(&format!("'{key}'")).ok_or(format!("the .npy header has no '{key}'"))?;
-        Ok(header[at + key.len() + 2..].trim_start().trim_start_matches(':').trim_start())
+    let shape: Vec<usize> = header.shape().iter().map(|&d| usize::try_from(d).map_err(|_| format!("shape {:?} is too large", header.shape()))).collect::<Result<_, _>>()?;
+    let width = match type_str.as_str() {
+        "|u1" => 1,
+        "<f4" | ">f4" => 4,
+        "<f8" | ">f8" => 8,
+        other => return Err(format!("dtype {other} is not supported (u1, f4 or f8)")),
     };
-    let descr = field("descr")?;
-    let (width, read): (usize, fn(&[u8]) -> f64) = if descr.starts_with("'|u1'") {
-        (1, |b| b[0] as f64)
-    } else if descr.starts_with("'<f4'") {
-        (4, |b| f32::from_le_bytes(b.try_into().expect("4 bytes")) as f64)
-    } else if descr.starts_with("'<f8'") {
-        (8, |b| f64::from_le_bytes(b.try_into().expect("8 bytes")))
-    } else {
-        return Err(format!("dtype {} is not supported (u1, <f4 or <f8)", descr.split(',').next().unwrap_or(descr)));
-    };
-    let fortran = field("fortran_order")?.starts_with("True");
-    let shape_text = field("shape")?.strip_prefix('(').ok_or("bad .npy shape")?;
-    let shape_text = &shape_text[..shape_text.find(')').ok_or("bad .npy shape")?];
-    let shape: Vec<usize> = shape_text
-        .split(',')
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .map(|s| s.parse::<usize>().map_err(|_| format!("bad .npy shape ({shape_text})")))
-        .collect::<Result<_, _>>()?;
-    let bytes_needed = shape.iter().try_fold(width, |acc, &d| acc.checked_mul(d)).ok_or(format!("shape {shape:?} is too large"))?;
-    let data = &bytes[start + header_len..];
+    // Checked before reading, so that a header claiming a huge shape allocates nothing.
+    let bytes_needed = shape.iter().try_fold(width, |acc: usize, &d| acc.checked_mul(d)).ok_or(format!("shape {shape:?} is too large"))?;
     if data.len() != bytes_needed {
         return Err(format!("{} data bytes for shape {shape:?}, expected {bytes_needed}", data.len()));
     }
-    let mut values: Vec<f64> = data.chunks_exact(width).map(read).collect();
-    if fortran && shape.len() > 1 {
-        values = fortran_to_c(&values, &shape);
-    }
+    let fortran = header.order() == npyz::Order::Fortran;
+    let file = npyz::NpyFile::with_header(header, data);
+    let values = match width {
+        1 => file.into_vec::<u8>().map(|v| v.into_iter().map(f64::from).collect()),
+        4 => file.into_vec::<f32>().map(|v| v.into_iter().map(f64::from).collect()),
+        _ => file.into_vec::<f64>(),
+    };
+    let values = values.map_err(|e| format!("unreadable .npy data: {e}"))?;
+    let values = if fortran && shape.len() > 1 { fortran_to_c(&values, &shape) } else { values };
     Ok(Array { shape, values })
 }
 
@@ -76,21 +68,13 @@ fn fortran_to_c(values: &[f64], shape: &[usize]) -> Vec<f64> {
 
 /// `.npy` bytes of an f64 array in C order.
 pub fn to_bytes(shape: &[usize], values: &[f64]) -> Vec<u8> {
-    let dims: Vec<String> = shape.iter().map(usize::to_string).collect();
-    let shape_text = if dims.len() == 1 { format!("({},)", dims[0]) } else { format!("({})", dims.join(", ")) };
-    let mut header = format!("{{'descr': '<f8', 'fortran_order': False, 'shape': {shape_text}, }}");
-    // Magic, version and length take 10 bytes; the header ends in '\n' at a multiple of 64.
-    while (10 + header.len() + 1) % 64 != 0 {
-        header.push(' ');
-    }
-    header.push('\n');
-    let mut out = Vec::with_capacity(10 + header.len() + values.len() * 8);
-    out.extend_from_slice(b"\x93NUMPY\x01\x00");
-    out.extend_from_slice(&(header.len() as u16).to_le_bytes());
-    out.extend_from_slice(header.as_bytes());
-    for v in values {
-        out.extend_from_slice(&v.to_le_bytes());
-    }
+    use npyz::WriterBuilder;
+    let shape: Vec<u64> = shape.iter().map(|&d| d as u64).collect();
+    let mut out = Vec::new();
+    // Writing into memory cannot fail.
+    let mut writer = npyz::WriteOptions::new().default_dtype().shape(&shape).writer(&mut out).begin_nd().expect("writing to memory");
+    writer.extend(values.iter().copied()).expect("writing to memory");
+    writer.finish().expect("writing to memory");
     out
 }
 

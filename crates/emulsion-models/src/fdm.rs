@@ -12,19 +12,35 @@ use crate::Precond;
 /// The preconditioning whose `c_skip` and `c_out` FDM keeps: sail-sg/FDM's `FDM_EDMPrecond`,
 /// `FDM_VPPrecond` and `FDM_VEPrecond`. (Their noise labels differ, `999 t` for VP and
 /// `ln(s/2)` for VE; here every network sees `ln(s)/4`, a relabelling the network learns.)
-#[derive(Debug, Clone, Copy, PartialEq)]
+///
+/// As a configuration section it is a name (`base = "vp"`) or a table with `type` and, for the
+/// EDM base, `sigma_data` (default 0.5).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(remote = "Self", tag = "type", rename_all = "lowercase", deny_unknown_fields)]
 pub enum FdmBase {
-    Edm { sigma_data: f64 },
-    Vp,
-    Ve,
+    Edm {
+        /// EDM's data standard deviation `s_d`.
+        #[serde(default = "crate::precond::default_sigma_data")]
+        sigma_data: f64,
+    },
+    Vp {},
+    Ve {},
+}
+
+emulsion_config::tagged_section!(FdmBase, "an FDM base (`edm`, `vp` or `ve`), or a table with `type` and, for `edm`, `sigma_data`");
+
+impl Default for FdmBase {
+    fn default() -> Self {
+        FdmBase::Edm { sigma_data: crate::precond::DEFAULT_SIGMA_DATA }
+    }
 }
 
 impl FdmBase {
     pub fn precond(self) -> Precond {
         match self {
             FdmBase::Edm { sigma_data } => Precond::Edm { sigma_data },
-            FdmBase::Vp => Precond::Vp,
-            FdmBase::Ve => Precond::Ve,
+            FdmBase::Vp {} => Precond::Vp,
+            FdmBase::Ve {} => Precond::Ve,
         }
     }
 }

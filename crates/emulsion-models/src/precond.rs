@@ -7,6 +7,14 @@ use burn::prelude::*;
 use crate::fdm::{FdmBase, FdmScale};
 use crate::Network;
 
+/// EDM's data standard deviation `s_d` for images scaled to [−1, 1].
+pub const DEFAULT_SIGMA_DATA: f64 = 0.5;
+
+/// [`DEFAULT_SIGMA_DATA`], for serde defaults.
+pub fn default_sigma_data() -> f64 {
+    DEFAULT_SIGMA_DATA
+}
+
 /// The preconditioning that turns a raw network into a denoiser: what the network predicts.
 /// All are written in EDM coordinates `x = x₀ + s ε`; the VP sample is `x_t = x / √(1 + s²)`.
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
@@ -146,8 +154,8 @@ mod tests {
             Precond::Flow,
             Precond::Ve,
             Precond::Fdm { base: FdmBase::Edm { sigma_data: sd }, scale: fdm },
-            Precond::Fdm { base: FdmBase::Vp, scale: fdm },
-            Precond::Fdm { base: FdmBase::Ve, scale: FdmScale { multiplier: 1.0, ..fdm } },
+            Precond::Fdm { base: FdmBase::Vp {}, scale: fdm },
+            Precond::Fdm { base: FdmBase::Ve {}, scale: FdmScale { multiplier: 1.0, ..fdm } },
             Precond::Consistency { sigma_data: sd, sigma_min: cm_min },
         ] {
             let s = precond.scalings(Tensor::<TestBackend, 1>::from_floats(sigmas.map(|x| x as f32), &Default::default()));
@@ -162,8 +170,8 @@ mod tests {
                     Precond::Ve => [1.0, sigma, 1.0],
                     // sail-sg/FDM: the base's c_skip and c_out, c_in = e^{-mB}(1 + mB).
                     Precond::Fdm { base: FdmBase::Edm { .. }, scale } => [sd * sd / (sigma * sigma + sd * sd), sigma * sd / (sigma * sigma + sd * sd).sqrt(), scale.scale(sigma)],
-                    Precond::Fdm { base: FdmBase::Vp, scale } => [1.0, -sigma, scale.scale(sigma)],
-                    Precond::Fdm { base: FdmBase::Ve, scale } => [1.0, sigma, scale.scale(sigma)],
+                    Precond::Fdm { base: FdmBase::Vp {}, scale } => [1.0, -sigma, scale.scale(sigma)],
+                    Precond::Fdm { base: FdmBase::Ve {}, scale } => [1.0, sigma, scale.scale(sigma)],
                     Precond::Consistency { .. } => {
                         let above = sigma - cm_min;
                         [sd * sd / (above * above + sd * sd), above * sd / (sigma * sigma + sd * sd).sqrt(), 1.0 / (sigma * sigma + sd * sd).sqrt()]
@@ -182,8 +190,8 @@ mod tests {
                     Precond::VpX0 => x0,
                     Precond::Edm { .. } | Precond::Fdm { base: FdmBase::Edm { .. }, .. } | Precond::Consistency { .. } => (x0 - want[0] * x) / want[1],
                     Precond::Flow => eps - x0,
-                    Precond::Fdm { base: FdmBase::Vp, .. } => eps,
-                    Precond::Ve | Precond::Fdm { base: FdmBase::Ve, .. } => -eps,
+                    Precond::Fdm { base: FdmBase::Vp {}, .. } => eps,
+                    Precond::Ve | Precond::Fdm { base: FdmBase::Ve {}, .. } => -eps,
                 };
                 let d = got[0] * x + got[1] * target;
                 assert!((d - x0).abs() < 1e-4 * (1.0 + sigma), "{precond:?} at s = {sigma}: D = {d}");

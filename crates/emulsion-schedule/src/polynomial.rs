@@ -20,7 +20,9 @@ pub struct PolynomialLevels {
     pub curve: f64,
     /// Standard deviation of the jitter, in level indices (not given by the paper).
     pub jitter: f64,
-    /// Distance `k` between the two levels of a pair.
+    /// Distance `k` between the two levels of a pair. Not a configuration key: consistency
+    /// training pairs adjacent levels.
+    #[serde(skip)]
     pub gap: usize,
 }
 
@@ -62,6 +64,9 @@ impl PolynomialLevels {
 pub struct SinusoidalCurriculum {
     pub n_init: usize,
     pub n_final: usize,
+    /// Karras' `ρ` of the levels; not a key of its own: the objective that owns the levels
+    /// sets it.
+    #[serde(skip)]
     pub rho: f64,
 }
 

@@ -6,15 +6,12 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 use emulsion_assign::AssignConfig;
-use emulsion_models::embedding::NoiseEmbedding;
-use crate::objective::{ConsistencyTraining, Curriculum, Fdm, LevelChoice, LossClampWarmup, VpTarget};
-use emulsion_models::{FdmBase, FdmScale};
-use emulsion_schedule::ict::IctCurriculum;
-use emulsion_schedule::karras::Karras;
-use emulsion_schedule::polynomial::{PolynomialLevels, PredefinedLevels, SinusoidalCurriculum};
 use emulsion_config::Invalid;
+use emulsion_models::embedding::NoiseEmbedding;
 use emulsion_schedule::{Curve, Schedule};
 use serde::{Deserialize, Serialize};
+
+use crate::objective::{LevelChoice, Objective, ObjectiveConfig};
 
 /// A whole run's configuration. Each section documents its keys in `configs/*.toml`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -177,14 +174,9 @@ impl Default for ModelConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DiffusionConfig {
-    pub objective: ObjectiveKind,
-    /// What a `vp` network predicts: `eps` (default), `v` or `x0`.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub target: Option<VpTarget>,
-    /// EDM's data standard deviation `s_d` (default 0.5), for `edm`, `fdm` on the `edm` base,
-    /// and `ct`.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub sigma_data: Option<f64>,
+    /// What the network learns: an objective's name (`"edm"`, its defaults) or a
+    /// `[diffusion.objective]` table with `type` and that objective's keys; default `vp`.
+    pub objective: ObjectiveConfig,
     /// Resolution shift: `λ(t) - 2 ln(shift)`; above 1 moves every level towards noise.
     pub shift: f64,
     /// The log-SNR range the schedule is truncated to (its infinite ends are cut off).
@@ -195,262 +187,11 @@ pub struct DiffusionConfig {
     /// default `cosine`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub schedule: Option<Curve>,
-    /// FDM's options; only with `objective = "fdm"`.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub fdm: Option<FdmConfig>,
-    /// Consistency training's options; only with `objective = "ct"`.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub ct: Option<CtConfig>,
 }
 
 impl Default for DiffusionConfig {
     fn default() -> Self {
-        Self {
-            objective: ObjectiveKind::Vp,
-            target: None,
-            sigma_data: None,
-            shift: 1.0,
-            lambda_min: -15.0,
-            lambda_max: 15.0,
-            schedule: None,
-            fdm: None,
-            ct: None,
-        }
-    }
-}
-
-/// `[diffusion.fdm]`: the Fast Diffusion Model (Wu et al. 2023) on a base preconditioning.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct FdmConfig {
-    /// `edm`, `vp` or `ve`: whose `c_skip`, `c_out` and loss weight FDM keeps.
-    pub base: FdmBaseKind,
-    /// `m` in `e^{−mB}(1 + mB)`; default 2 (the official CLI). VE-FDM has none.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub multiplier: Option<f64>,
-    pub beta_min: f64,
-    pub beta_d: f64,
-    /// The noise range `τ = (s − s_min)/(s_max − s_min)` is measured over; default the base's
-    /// official range (EDM [0.002, 80], VP [0.001, 152.3], VE [0.02, 100]), whatever
-    /// `lambda_min`/`lambda_max` say: τ decides where the scale falls from 1 to 0.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub sigma_min: Option<f64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub sigma_max: Option<f64>,
-    /// Steps over which the loss-weight clamp grows from 5 to 500; default 200 for `edm`, 400
-    /// for `vp` and `ve` (the official values); 0 never clamps.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub warmup: Option<u64>,
-}
-
-impl Default for FdmConfig {
-    fn default() -> Self {
-        let scale = FdmScale::default();
-        Self { base: FdmBaseKind::Edm, multiplier: None, beta_min: scale.beta_min, beta_d: scale.beta_d, sigma_min: None, sigma_max: None, warmup: None }
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum FdmBaseKind {
-    #[default]
-    Edm,
-    Vp,
-    Ve,
-}
-
-impl FdmConfig {
-    /// sail-sg/FDM's noise ranges: EDM's; VP's `s(t) = √(e^{β_d t²/2 + β_min t} − 1)` at
-    /// `t = 10⁻⁵` and 1 (β_d = 19.9, β_min = 0.1); VE's.
-    pub fn official_sigma_range(base: FdmBaseKind) -> (f64, f64) {
-        let vp_sigma = |t: f64| ((0.5 * 19.9 * t * t + 0.1 * t).exp() - 1.0).sqrt();
-        match base {
-            FdmBaseKind::Edm => (0.002, 80.0),
-            FdmBaseKind::Vp => (vp_sigma(1e-5), vp_sigma(1.0)),
-            FdmBaseKind::Ve => (0.02, 100.0),
-        }
-    }
-
-    /// The `[s_min, s_max]` of τ: the configured one, else the base's official range.
-    pub fn sigma_range(&self) -> (f64, f64) {
-        let (official_min, official_max) = Self::official_sigma_range(self.base);
-        (self.sigma_min.unwrap_or(official_min), self.sigma_max.unwrap_or(official_max))
-    }
-
-    /// The objective on `schedule` (the training levels).
-    pub fn objective(&self, schedule: Schedule, sigma_data: f64) -> Fdm {
-        let (base, default_warmup) = match self.base {
-            FdmBaseKind::Edm => (FdmBase::Edm { sigma_data }, 200),
-            FdmBaseKind::Vp => (FdmBase::Vp, 400),
-            FdmBaseKind::Ve => (FdmBase::Ve, 400),
-        };
-        let (sigma_min, sigma_max) = self.sigma_range();
-        let scale = FdmScale {
-            beta_min: self.beta_min,
-            beta_d: self.beta_d,
-            multiplier: self.multiplier.unwrap_or(if self.base == FdmBaseKind::Ve { 1.0 } else { FdmScale::default().multiplier }),
-            sigma_min,
-            sigma_max,
-        };
-        Fdm { schedule, base, scale, warmup: LossClampWarmup { warmup: self.warmup.unwrap_or(default_warmup) } }
-    }
-
-    fn validate(&self) -> Result<(), Invalid> {
-        if let Some(m) = self.multiplier {
-            if self.base == FdmBaseKind::Ve {
-                return Err(Invalid::new("diffusion.fdm.multiplier", "VE-FDM has no multiplier (the official VE-FDM scales by e^{-B}(1 + B))"));
-            }
-            if !(m.is_finite() && m > 0.0) {
-                return Err(Invalid::new("diffusion.fdm.multiplier", format!("must be positive, got {m}")));
-            }
-        }
-        for (key, v) in [("diffusion.fdm.beta_min", self.beta_min), ("diffusion.fdm.beta_d", self.beta_d)] {
-            if !(v.is_finite() && v >= 0.0) {
-                return Err(Invalid::new(key, format!("must be a finite number ≥ 0, got {v}")));
-            }
-        }
-        if self.beta_min + self.beta_d == 0.0 {
-            return Err(Invalid::new("diffusion.fdm.beta_d", "beta_min and beta_d are both 0, so FDM would not scale the input at all"));
-        }
-        let (lo, hi) = self.sigma_range();
-        if !(lo.is_finite() && hi.is_finite() && 0.0 <= lo && lo < hi) {
-            return Err(Invalid::new("diffusion.fdm.sigma_min", format!("[sigma_min, sigma_max] = [{lo}, {hi}] must be finite, increasing and not negative")));
-        }
-        Ok(())
-    }
-}
-
-/// `[diffusion.ct]`: consistency training (iCT, Song & Dhariwal 2023; Gokmen et al. 2024).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct CtConfig {
-    /// `ict` (doubling from `s0 + 1` to `s1 + 1` levels) or `sinusoidal` (Gokmen et al.: rises
-    /// from `s0` to `s1` levels and falls back).
-    pub curriculum: CurriculumKind,
-    pub s0: usize,
-    pub s1: usize,
-    /// Karras' `ρ` of the levels (and the sinusoidal curriculum's exponent `(ρ − 1)/4`).
-    pub rho: f64,
-    /// `schedule`: pair indices drawn from `diffusion.schedule`'s density (iCT: `lognormal` with
-    /// `p_mean = -1.1`, `p_std = 2`); `polynomial`: Gokmen et al.'s placement.
-    pub levels: LevelsKind,
-    /// The polynomial's `c` (paper: 4; authors' code: 2.5); only with `levels = "polynomial"`.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub curve: Option<f64>,
-    /// The polynomial positions' Gaussian jitter, in level indices; only with
-    /// `levels = "polynomial"`.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub jitter: Option<f64>,
-    /// The pseudo-Huber `c`; default `0.00054 √d`.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub huber_c: Option<f64>,
-    /// The steps `K` the curriculum is laid out over; default `train.steps`. Set it to extend
-    /// a finished run (a larger `train.steps` and `--resume`) without re-laying `N(k)`.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub steps: Option<u64>,
-}
-
-impl Default for CtConfig {
-    fn default() -> Self {
-        let ict = IctCurriculum::default();
-        Self {
-            curriculum: CurriculumKind::Ict,
-            s0: ict.s0,
-            s1: ict.s1,
-            rho: 7.0,
-            levels: LevelsKind::Schedule,
-            curve: None,
-            jitter: None,
-            huber_c: None,
-            steps: None,
-        }
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum CurriculumKind {
-    #[default]
-    Ict,
-    Sinusoidal,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum LevelsKind {
-    #[default]
-    Schedule,
-    Polynomial,
-}
-
-impl CtConfig {
-    /// A bound on `s1`: each micro-batch compares its draws against every level.
-    const MAX_LEVELS: usize = 65_536;
-
-    /// The objective on `schedule` (its log-SNR range is `[s_min, s_max]`) for a run of
-    /// `total_steps` steps.
-    pub fn objective(&self, schedule: Schedule, sigma_data: f64, total_steps: u64) -> ConsistencyTraining {
-        let curriculum = match self.curriculum {
-            CurriculumKind::Ict => Curriculum::Ict(IctCurriculum { s0: self.s0, s1: self.s1 }),
-            CurriculumKind::Sinusoidal => Curriculum::Sinusoidal(SinusoidalCurriculum { n_init: self.s0, n_final: self.s1, rho: self.rho }),
-        };
-        let levels = match self.levels {
-            LevelsKind::Schedule => LevelChoice::Schedule,
-            LevelsKind::Polynomial => {
-                let (sigma_min, sigma_max) = schedule.sigma_range();
-                let range = Karras { sigma_min, sigma_max, rho: self.rho };
-                LevelChoice::Polynomial {
-                    placement: self.placement(),
-                    predefined: PredefinedLevels::new(&range, curriculum.max_levels()),
-                }
-            }
-        };
-        let total_steps = self.steps.unwrap_or(total_steps);
-        ConsistencyTraining { schedule, sigma_data, rho: self.rho, levels, curriculum, total_steps, huber_c: self.huber_c }
-    }
-
-    /// Gokmen et al.'s placement with this section's `curve` and `jitter`.
-    fn placement(&self) -> PolynomialLevels {
-        let defaults = PolynomialLevels::default();
-        PolynomialLevels { curve: self.curve.unwrap_or(defaults.curve), jitter: self.jitter.unwrap_or(defaults.jitter), gap: 1 }
-    }
-
-    fn validate(&self) -> Result<(), Invalid> {
-        if self.s0 < 2 {
-            return Err(Invalid::new("diffusion.ct.s0", format!("must be at least 2 levels, got {}", self.s0)));
-        }
-        if self.s1 < self.s0 {
-            return Err(Invalid::new("diffusion.ct.s1", format!("must be at least s0 = {}, got {}", self.s0, self.s1)));
-        }
-        if self.s1 > Self::MAX_LEVELS {
-            return Err(Invalid::new("diffusion.ct.s1", format!("must be at most {} levels, got {}", Self::MAX_LEVELS, self.s1)));
-        }
-        if self.steps == Some(0) {
-            return Err(Invalid::new("diffusion.ct.steps", "must be at least 1"));
-        }
-        if self.levels == LevelsKind::Schedule {
-            for (key, value) in [("diffusion.ct.curve", self.curve), ("diffusion.ct.jitter", self.jitter)] {
-                if value.is_some() {
-                    return Err(Invalid::new(key, "places levels only with `levels = \"polynomial\"`; with `levels = \"schedule\"` the schedule's density draws them"));
-                }
-            }
-        }
-        let placement = self.placement();
-        if !(self.rho.is_finite() && self.rho > 1.0) {
-            return Err(Invalid::new("diffusion.ct.rho", format!("must be above 1, got {}", self.rho)));
-        }
-        if !(placement.curve.is_finite() && placement.curve > 0.0) {
-            return Err(Invalid::new("diffusion.ct.curve", format!("must be positive, got {}", placement.curve)));
-        }
-        if !(placement.jitter.is_finite() && placement.jitter >= 0.0) {
-            return Err(Invalid::new("diffusion.ct.jitter", format!("must be a finite number ≥ 0, got {}", placement.jitter)));
-        }
-        if let Some(c) = self.huber_c {
-            if !(c.is_finite() && c > 0.0) {
-                return Err(Invalid::new("diffusion.ct.huber_c", format!("must be positive, got {c}")));
-            }
-        }
-        Ok(())
+        Self { objective: ObjectiveConfig::default(), shift: 1.0, lambda_min: -15.0, lambda_max: 15.0, schedule: None }
     }
 }
 
@@ -468,81 +209,27 @@ impl DiffusionConfig {
         self.schedule.clone().unwrap_or_default()
     }
 
-    /// `[diffusion.fdm]`, or its defaults.
-    pub fn fdm(&self) -> FdmConfig {
-        self.fdm.clone().unwrap_or_default()
+    /// The objective on the configured schedule, for a run of `total_steps` steps; the error
+    /// names the full key.
+    pub fn build_objective(&self, total_steps: u64) -> Result<Objective, Invalid> {
+        let schedule = self.schedule().map_err(|e| e.within("diffusion"))?;
+        Ok(self.objective.init(schedule, total_steps))
     }
 
-    /// `[diffusion.ct]`, or its defaults.
-    pub fn ct(&self) -> CtConfig {
-        self.ct.clone().unwrap_or_default()
-    }
-
-    /// Checks the schedule and the objective's options; a key that does not apply to the chosen
-    /// objective is an error whatever its value. The error names the key.
+    /// Checks the schedule and the objective; a key that does not apply to the chosen
+    /// objective or schedule is an error whatever its value. The error names the full key.
     pub fn validate(&self) -> Result<(), Invalid> {
         self.schedule().map_err(|e| e.within("diffusion"))?;
-        let objective = self.objective.name();
-        if self.target.is_some() && self.objective != ObjectiveKind::Vp {
-            return Err(Invalid::new("diffusion.target", format!("chooses what a `vp` network predicts; `{objective}` has its own target")));
-        }
-        if let Some(sd) = self.sigma_data {
-            let uses_it = match self.objective {
-                ObjectiveKind::Edm | ObjectiveKind::Ct => true,
-                ObjectiveKind::Fdm => self.fdm().base == FdmBaseKind::Edm,
-                ObjectiveKind::Vp | ObjectiveKind::Flow => false,
-            };
-            if !uses_it {
-                return Err(Invalid::new("diffusion.sigma_data", format!("is EDM's preconditioning constant; `{objective}` does not use it")));
+        self.objective.validate().map_err(|e| e.within("diffusion.objective"))?;
+        if let ObjectiveConfig::Ct(ct) = &self.objective {
+            if matches!(ct.levels, LevelChoice::Polynomial(_)) && self.schedule.is_some() {
+                return Err(Invalid::new(
+                    "diffusion.schedule",
+                    "`levels = \"polynomial\"` places the levels itself; leave `diffusion.schedule` out (only its lambda range is used)",
+                ));
             }
-            if !(sd.is_finite() && sd > 0.0) {
-                return Err(Invalid::new("diffusion.sigma_data", format!("must be positive, got {sd}")));
-            }
-        }
-        if self.fdm.is_some() && self.objective != ObjectiveKind::Fdm {
-            return Err(Invalid::new("diffusion.fdm", format!("configures `objective = \"fdm\"`; `{objective}` does not use it")));
-        }
-        if self.ct.is_some() && self.objective != ObjectiveKind::Ct {
-            return Err(Invalid::new("diffusion.ct", format!("configures `objective = \"ct\"`; `{objective}` does not use it")));
-        }
-        self.fdm().validate()?;
-        let ct = self.ct();
-        ct.validate()?;
-        if self.objective == ObjectiveKind::Ct && ct.levels == LevelsKind::Polynomial && self.schedule.is_some() {
-            return Err(Invalid::new(
-                "diffusion.schedule",
-                "`ct.levels = \"polynomial\"` places the levels itself; leave `diffusion.schedule` out (only its lambda range is used)",
-            ));
         }
         Ok(())
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum ObjectiveKind {
-    /// Variance-preserving diffusion, MSE on `diffusion.target` (ε by default).
-    #[default]
-    Vp,
-    /// EDM: preconditioned denoiser, weighted MSE (Karras et al. 2022).
-    Edm,
-    /// Rectified flow / flow matching: MSE on the velocity `ε − x₀`.
-    Flow,
-    /// Fast Diffusion Model: critically damped input scale and loss-clamp warm-up on `[diffusion.fdm] base`.
-    Fdm,
-    /// Consistency training, the iCT recipe (`[diffusion.ct]`).
-    Ct,
-}
-
-impl ObjectiveKind {
-    pub fn name(self) -> &'static str {
-        match self {
-            ObjectiveKind::Vp => "vp",
-            ObjectiveKind::Edm => "edm",
-            ObjectiveKind::Flow => "flow",
-            ObjectiveKind::Fdm => "fdm",
-            ObjectiveKind::Ct => "ct",
-        }
     }
 }
 
@@ -772,11 +459,12 @@ impl Config {
         })?;
         let mut overridden = Vec::new();
         for arg in overrides {
-            let key = apply_override(&mut table, arg)?;
+            let key = apply_override(&mut table, arg, "")?;
             overridden.push((key, arg.clone()));
         }
         let locate = |key: &str| -> String {
-            if let Some((_, arg)) = overridden.iter().rev().find(|(k, _)| key == k || key.starts_with(&format!("{k}."))) {
+            let related = |k: &String| key == k || key.starts_with(&format!("{k}.")) || k.starts_with(&format!("{key}."));
+            if let Some((_, arg)) = overridden.iter().rev().find(|(k, _)| related(k)) {
                 return format!("--set {arg}");
             }
             match key_line(text, key) {
@@ -787,6 +475,10 @@ impl Config {
         let tags = table.clone();
         let config: Config = deserialize_with_string_retry(table, &overridden).map_err(|e| {
             let (key, message) = located_key(&e, &tags, "");
+            let message = match where_it_goes(&key) {
+                Some(hint) if message.starts_with("unknown field") => format!("{message}: {hint}"),
+                _ => message,
+            };
             ConfigError::Key { location: locate(&key), key, message }
         })?;
         config.validate().map_err(|Invalid { key, message }| ConfigError::Key { location: locate(&key), key, message })?;
@@ -801,17 +493,22 @@ impl Config {
     }
 
     /// Reads a config recorded in a run directory or checkpoint (`config.toml`), including one
-    /// recorded before the schedule became one section: there, `diffusion.schedule` named the
-    /// curve, every curve's parameters had a table of their own, and the `fdm` and `ct` tables
-    /// were written out whatever the objective. Such a record is read as what it meant: the
-    /// chosen curve with its table's parameters, and only the objective's own table.
+    /// of an older layout, read as what it meant:
+    /// - before the schedule became one section, `diffusion.schedule` named the curve, every
+    ///   curve's parameters had a table of their own, and the `fdm` and `ct` tables were written
+    ///   out whatever the objective: the chosen curve keeps its table's parameters, the
+    ///   objective its own table;
+    /// - before the objective became one section, `objective` named it and `target`,
+    ///   `sigma_data`, `[diffusion.fdm]` and `[diffusion.ct]` held its options: they move into
+    ///   `[diffusion.objective]`.
     pub fn from_recorded_toml(text: &str, path: &Path) -> Result<Self, ConfigError> {
         let first = match Self::from_toml(text, path, &[]) {
             Ok(config) => return Ok(config),
             Err(e) => e,
         };
         let Ok(mut table) = text.parse::<toml::Table>() else { return Err(first) };
-        if !upgrade_untagged_schedule(&mut table) {
+        let schedule_upgraded = upgrade_untagged_schedule(&mut table);
+        if !(upgrade_objective_keys(&mut table) || schedule_upgraded) {
             return Err(first);
         }
         let upgraded = toml::to_string(&table).map_err(|_| ConfigError::Syntax { path: path.to_path_buf(), message: first.to_string() })?;
@@ -845,9 +542,7 @@ impl Config {
 
     /// Checks values that types alone cannot; the error names the offending key.
     pub fn validate(&self) -> Result<(), Invalid> {
-        fn positive(key: &'static str, v: usize) -> Result<(), Invalid> {
-            if v == 0 { Err(Invalid::new(key, "must be at least 1")) } else { Ok(()) }
-        }
+        let positive = |key: &str, count: usize| emulsion_config::at_least(key, count, 1);
         fn unit(key: &'static str, v: f64, closed_top: bool) -> Result<(), Invalid> {
             let ok = v >= 0.0 && if closed_top { v <= 1.0 } else { v < 1.0 };
             if ok { Ok(()) } else { Err(Invalid::new(key, format!("must be in [0, 1{}, got {v}", if closed_top { "]" } else { ")" }))) }
@@ -889,7 +584,7 @@ impl Config {
             self.unet_config(size, 1, 0).validate().map_err(|m| Invalid::new("model", m))?;
         }
         self.diffusion.validate()?;
-        let consistency_model = self.diffusion.objective == ObjectiveKind::Ct;
+        let consistency_model = matches!(self.diffusion.objective, ObjectiveConfig::Ct(_));
         let fid_sampler = self.eval.sampler.map(|s| ("eval.sampler", s));
         for (key, sampler) in std::iter::once(("sample.sampler", self.sample.sampler)).chain(fid_sampler) {
             if consistency_model != (sampler == SamplerKind::Consistency) {
@@ -921,9 +616,7 @@ impl Config {
         positive("train.checkpoint_every", t.checkpoint_every)?;
         positive("train.keep_checkpoints", t.keep_checkpoints)?;
         positive("train.log_every", t.log_every)?;
-        if !(t.lr.is_finite() && t.lr > 0.0) {
-            return Err(Invalid::new("train.lr", format!("must be positive, got {}", t.lr)));
-        }
+        emulsion_config::positive("train.lr", t.lr)?;
         unit("train.ema_decay", t.ema_decay, false)?;
         unit("train.betas", t.betas[0], false)?;
         unit("train.betas", t.betas[1], false)?;
@@ -949,9 +642,7 @@ impl Config {
         if !(s.eta >= 0.0) {
             return Err(Invalid::new("sample.eta", format!("must be non-negative, got {}", s.eta)));
         }
-        if !(s.rho.is_finite() && s.rho > 0.0) {
-            return Err(Invalid::new("sample.rho", format!("must be positive, got {}", s.rho)));
-        }
+        emulsion_config::positive("sample.rho", s.rho)?;
         if !(s.guidance.is_finite() && s.guidance >= 0.0) {
             return Err(Invalid::new("sample.guidance", format!("must be non-negative, got {}", s.guidance)));
         }
@@ -1015,13 +706,15 @@ fn deserialize_with_string_retry(
 }
 
 /// The sections written either as a name or as a table with `type` ([`emulsion_config::tagged_section`]).
-const TAGGED_SECTIONS: [&str; 1] = ["schedule"];
+const TAGGED_SECTIONS: [&str; 5] =
+    ["diffusion.schedule", "diffusion.objective", "diffusion.objective.base", "diffusion.objective.curriculum", "diffusion.objective.levels"];
 
-/// Applies `section.key=value` to `table`; returns the dotted key. The value is read as TOML
-/// (`2000`, `1e-4`, `[1, 2]`, `true`, `"text"`), falling back to a bare string (`cosine`). A
-/// key inside a section given by name (`diffusion.schedule.b` where `schedule = "laplace"`)
-/// turns the name into its table, `{ type = "laplace" }`, first.
-pub(crate) fn apply_override(table: &mut toml::Table, arg: &str) -> Result<String, ConfigError> {
+/// Applies `section.key=value` to `table`, whose keys sit under `root` (`""` for a whole
+/// config); returns the dotted key. The value is read as TOML (`2000`, `1e-4`, `[1, 2]`, `true`,
+/// `"text"`), falling back to a bare string (`cosine`). A key inside a section given by name
+/// (`diffusion.schedule.b` where `schedule = "laplace"`) turns the name into its table,
+/// `{ type = "laplace" }`, first.
+pub(crate) fn apply_override(table: &mut toml::Table, arg: &str, root: &str) -> Result<String, ConfigError> {
     let err = |message: &str| ConfigError::Override { arg: arg.to_string(), message: message.to_string() };
     let (key, raw) = arg.split_once('=').ok_or_else(|| err("expected KEY=VALUE, e.g. train.steps=2000"))?;
     let key = key.trim();
@@ -1035,10 +728,12 @@ pub(crate) fn apply_override(table: &mut toml::Table, arg: &str) -> Result<Strin
         Err(_) => toml::Value::String(raw.to_string()),
     };
     let mut node = table;
+    let mut path = root.to_string();
     for part in &parts[..parts.len() - 1] {
+        path = if path.is_empty() { part.to_string() } else { format!("{path}.{part}") };
         let entry = node.entry(part.to_string()).or_insert_with(|| toml::Value::Table(Default::default()));
         // A tagged section written as a name is the table that holds only its `type`.
-        if let Some(name) = entry.as_str().filter(|_| TAGGED_SECTIONS.contains(part)).map(str::to_string) {
+        if let Some(name) = entry.as_str().filter(|_| TAGGED_SECTIONS.contains(&path.as_str())).map(str::to_string) {
             *entry = toml::Value::Table(toml::Table::from_iter([(emulsion_config::TAG.to_string(), toml::Value::String(name))]));
         }
         node = entry
@@ -1058,12 +753,26 @@ pub(crate) fn located_key(error: &serde_path_to_error::Error<toml::de::Error>, t
     let names_a_field = message.starts_with("unknown field") || message.starts_with("missing field");
     let key = match backticked(&message) {
         Some(field) if names_a_field && path == "." => field,
-        Some(field) if names_a_field && path.rsplit('.').next() != Some(field.as_str()) => format!("{path}.{field}"),
+        Some(field) if names_a_field && path.rsplit('.').next() != Some(field.as_str()) => {
+            // serde checks a section's own `type` before the sections nested in it, and the
+            // keys of those before reporting the outer section's unknown ones.
+            let missing = message.starts_with("missing field");
+            let holds = |t: &toml::Table| t.contains_key(&field) != missing;
+            let outer_holds = section_at(table, &path).is_some_and(holds);
+            let section = if missing && outer_holds { None } else { nested_section(table, &path, holds) };
+            format!("{}.{field}", section.unwrap_or(path))
+        }
+        Some(value) if ["unknown variant", "invalid type", "invalid value"].iter().any(|m| message.starts_with(m)) && path != "." => {
+            key_holding(table, &path, &value).unwrap_or(path)
+        }
         _ if path == "." => String::new(),
         _ => path,
     };
     let message = match key.rsplit_once('.').and_then(|(parent, _)| chosen_type(table, parent)) {
         Some(chosen) if message.starts_with("unknown field") => format!("{message}: it does not apply to `type = \"{chosen}\"`"),
+        _ if message.starts_with("missing field `type`") => {
+            format!("{message}: name the choice in `type`, or write the section as its name (a table without `type` is not the default choice)")
+        }
         _ => message,
     };
     let key = match (prefix, key.as_str()) {
@@ -1072,6 +781,55 @@ pub(crate) fn located_key(error: &serde_path_to_error::Error<toml::de::Error>, t
         (prefix, key) => format!("{prefix}.{key}"),
     };
     (key, message)
+}
+
+/// The table at dotted `path` of `table`, if it is one.
+fn section_at<'t>(table: &'t toml::Table, path: &str) -> Option<&'t toml::Table> {
+    let mut node = table;
+    for part in path.split('.') {
+        node = node.get(part)?.as_table()?;
+    }
+    Some(node)
+}
+
+/// The dotted key under the section at `path` whose value is written `text` in a serde message
+/// (`w` of an unknown variant, `2.5` of a wrong type), if exactly one is: serde buffers a tagged
+/// section whole and reports a bad value inside it against the section.
+fn key_holding(table: &toml::Table, path: &str, text: &str) -> Option<String> {
+    fn search(node: &toml::Table, prefix: &str, text: &str, found: &mut Vec<String>) {
+        for (name, value) in node {
+            let key = format!("{prefix}.{name}");
+            match value {
+                toml::Value::Table(t) => search(t, &key, text, found),
+                toml::Value::String(s) if s == text => found.push(key),
+                toml::Value::Integer(_) | toml::Value::Float(_) | toml::Value::Boolean(_) if value.to_string() == text => found.push(key),
+                _ => {}
+            }
+        }
+    }
+    let mut found = Vec::new();
+    search(section_at(table, path)?, path, text, &mut found);
+    match found.as_slice() {
+        [only] => Some(only.clone()),
+        _ => None,
+    }
+}
+
+/// The tagged section inside the one at dotted `path` of `table` that `holds` what a serde
+/// error is about: serde buffers a tagged section whole, so an error in a section nested in it
+/// (`levels` in `objective`) is reported against the outer one.
+fn nested_section(table: &toml::Table, path: &str, holds: impl Fn(&toml::Table) -> bool) -> Option<String> {
+    let node = section_at(table, path)?;
+    node.iter()
+        .filter(|(name, _)| TAGGED_SECTIONS.contains(&format!("{path}.{name}").as_str()))
+        .find_map(|(name, value)| {
+            let nested = match value {
+                toml::Value::Table(t) => t.clone(),
+                toml::Value::String(chosen) => toml::Table::from_iter([(emulsion_config::TAG.to_string(), toml::Value::String(chosen.clone()))]),
+                _ => return None,
+            };
+            holds(&nested).then(|| format!("{path}.{name}"))
+        })
 }
 
 /// Rewrites a `[diffusion]` recorded before the schedule was one section (see
@@ -1115,6 +873,79 @@ fn upgrade_untagged_schedule(table: &mut toml::Table) -> bool {
         diffusion.remove("schedule");
     }
     true
+}
+
+/// Rewrites a `[diffusion]` recorded before the objective was one section (see
+/// [`Config::from_recorded_toml`]); `false` when `table` is not such a record.
+fn upgrade_objective_keys(table: &mut toml::Table) -> bool {
+    use toml::Value;
+    let Some(diffusion) = table.get_mut("diffusion").and_then(Value::as_table_mut) else { return false };
+    let moved = ["target", "sigma_data", "fdm", "ct"].iter().any(|key| diffusion.contains_key(*key));
+    if !moved || diffusion.get("objective").is_some_and(Value::is_table) {
+        return false;
+    }
+    let tagged = |name: &str| toml::Table::from_iter([(emulsion_config::TAG.to_string(), Value::String(name.to_string()))]);
+    let name = diffusion.get("objective").and_then(Value::as_str).unwrap_or("vp").to_string();
+    let (target, sigma_data) = (diffusion.remove("target"), diffusion.remove("sigma_data"));
+    let mut section = |key: &str| match diffusion.remove(key) {
+        Some(Value::Table(t)) => t,
+        _ => toml::Table::new(),
+    };
+    let (mut fdm, mut ct) = (section("fdm"), section("ct"));
+    let mut objective = tagged(&name);
+    match name.as_str() {
+        "vp" => objective.extend(target.map(|t| ("target".to_string(), t))),
+        "edm" => objective.extend(sigma_data.map(|s| ("sigma_data".to_string(), s))),
+        "fdm" => {
+            let base_name = fdm.remove("base").and_then(|b| b.as_str().map(str::to_string)).unwrap_or_else(|| "edm".into());
+            let mut base = tagged(&base_name);
+            if base_name == "edm" {
+                base.extend(sigma_data.map(|s| ("sigma_data".to_string(), s)));
+            }
+            objective.insert("base".into(), Value::Table(base));
+            objective.extend(fdm);
+        }
+        "ct" => {
+            objective.extend(sigma_data.map(|s| ("sigma_data".to_string(), s)));
+            let curriculum_name = ct.remove("curriculum").and_then(|c| c.as_str().map(str::to_string)).unwrap_or_else(|| "ict".into());
+            let (first, last) = if curriculum_name == "sinusoidal" { ("n_init", "n_final") } else { ("s0", "s1") };
+            let mut curriculum = tagged(&curriculum_name);
+            curriculum.extend(ct.remove("s0").map(|v| (first.to_string(), v)));
+            curriculum.extend(ct.remove("s1").map(|v| (last.to_string(), v)));
+            objective.insert("curriculum".into(), Value::Table(curriculum));
+            let levels_name = ct.remove("levels").and_then(|l| l.as_str().map(str::to_string)).unwrap_or_else(|| "schedule".into());
+            let mut levels = tagged(&levels_name);
+            for key in ["curve", "jitter"] {
+                levels.extend(ct.remove(key).filter(|_| levels_name == "polynomial").map(|v| (key.to_string(), v)));
+            }
+            objective.insert("levels".into(), Value::Table(levels));
+            objective.extend(ct);
+        }
+        _ => {}
+    }
+    diffusion.insert("objective".into(), Value::Table(objective));
+    true
+}
+
+/// Where a key refused as unknown belongs: a `[diffusion]` key of the layout before
+/// `[diffusion.objective]`, or an objective's key written one level too high.
+fn where_it_goes(key: &str) -> Option<&'static str> {
+    if let Some(own) = key.strip_prefix("diffusion.objective.") {
+        return Some(match own {
+            "s0" | "s1" | "n_init" | "n_final" => "the curriculum's level counts are keys of `curriculum` (`[diffusion.objective.curriculum]` with its `type`)",
+            "curve" | "jitter" => "the polynomial placement's keys belong to `levels` (`[diffusion.objective.levels]` with `type = \"polynomial\"`)",
+            "sigma_data" => "`edm` and `ct` take `sigma_data`; `fdm` keeps it in its base, `base.sigma_data` (`[diffusion.objective.base]` with `type = \"edm\"`)",
+            _ => return None,
+        });
+    }
+    let moved = key.strip_prefix("diffusion.")?.split('.').next()?;
+    Some(match moved {
+        "fdm" => "FDM's options are keys of `[diffusion.objective]` with `type = \"fdm\"` (see the README's configuration reference)",
+        "ct" => "consistency training's options are keys of `[diffusion.objective]` with `type = \"ct\"` (see the README's configuration reference)",
+        "target" => "`target` is a key of `[diffusion.objective]` with `type = \"vp\"`",
+        "sigma_data" => "`sigma_data` is a key of the objective that uses it: `[diffusion.objective]` for `edm` and `ct`, `[diffusion.objective.base]` for `fdm` on the `edm` base",
+        _ => return None,
+    })
 }
 
 /// The `type` of the tagged section at dotted `key` of `table`, if it is one.
@@ -1250,42 +1081,127 @@ mod tests {
     }
 
     #[test]
+    fn the_objective_is_a_name_or_a_table_of_its_own_keys() {
+        use crate::objective::{CtConfig, Curriculum, FdmConfig, VpTarget};
+        use emulsion_models::FdmBase;
+        use emulsion_schedule::polynomial::{PolynomialLevels, SinusoidalCurriculum};
+        assert_eq!(load(MINIMAL, &[]).unwrap().diffusion.objective, ObjectiveConfig::Vp { target: VpTarget::Eps });
+        assert_eq!(load(MINIMAL, &["diffusion.objective=edm"]).unwrap().diffusion.objective, ObjectiveConfig::Edm { sigma_data: 0.5 });
+        let c = load(MINIMAL, &["diffusion.objective=vp", "diffusion.objective.target=v"]).unwrap();
+        assert_eq!(c.diffusion.objective, ObjectiveConfig::Vp { target: VpTarget::V });
+        let text = "[data]\ndataset = \"idx\"\n[diffusion.objective]\ntype = \"fdm\"\nbase = \"vp\"\nwarmup = 0\n";
+        let c = load(text, &[]).unwrap();
+        assert_eq!(c.diffusion.objective, ObjectiveConfig::Fdm(FdmConfig { base: FdmBase::Vp {}, warmup: Some(0), ..FdmConfig::default() }));
+        let c = load(text, &["diffusion.objective.base=edm", "diffusion.objective.base.sigma_data=0.25"]).unwrap();
+        assert!(matches!(&c.diffusion.objective, ObjectiveConfig::Fdm(f) if f.base == FdmBase::Edm { sigma_data: 0.25 }), "{:?}", c.diffusion.objective);
+        let ct = ["diffusion.objective=ct", "sample.sampler=consistency", "diffusion.objective.curriculum=sinusoidal", "diffusion.objective.curriculum.n_final=640", "diffusion.objective.levels=polynomial", "diffusion.objective.levels.curve=2.5"];
+        let c = load(MINIMAL, &ct).unwrap();
+        let want = CtConfig {
+            curriculum: Curriculum::Sinusoidal(SinusoidalCurriculum { n_final: 640, ..SinusoidalCurriculum::default() }),
+            levels: LevelChoice::Polynomial(PolynomialLevels { curve: 2.5, ..PolynomialLevels::default() }),
+            ..CtConfig::default()
+        };
+        assert_eq!(c.diffusion.objective, ObjectiveConfig::Ct(want));
+        assert_eq!(load(&c.to_toml(), &[]).unwrap(), c);
+        let e = load(MINIMAL, &["diffusion.objective=ddpm"]).unwrap_err().to_string();
+        assert!(e.contains("`diffusion.objective`") && e.contains("`vp`, `edm`, `flow`, `fdm`, `ct`"), "{e}");
+        let e = load(text, &["diffusion.objective.beta_d=-1"]).unwrap_err().to_string();
+        assert!(e.contains("--set diffusion.objective.beta_d=-1") && e.contains("`diffusion.objective.beta_d`"), "{e}");
+        let e = load(MINIMAL, &["diffusion.objective=ct", "sample.sampler=consistency", "diffusion.objective.curriculum.s0=1"]).unwrap_err().to_string();
+        assert!(e.contains("`diffusion.objective.curriculum.type`") && e.contains("name the choice"), "a curriculum key needs the curriculum named: {e}");
+        let e = load(MINIMAL, &["diffusion.objective=ct", "sample.sampler=consistency", "diffusion.objective.curriculum=ict", "diffusion.objective.curriculum.s0=1"]).unwrap_err().to_string();
+        assert!(e.contains("`diffusion.objective.curriculum.s0`") && e.contains("at least 2"), "{e}");
+        let e = load("[data]\ndataset = \"idx\"\n[diffusion.objective]\ntype = \"edm\"\n\nsigma_data = -1.0\n", &[]).unwrap_err().to_string();
+        assert!(e.contains("test.toml:6") && e.contains("`diffusion.objective.sigma_data`") && e.contains("positive"), "{e}");
+    }
+
+    #[test]
     fn keys_that_do_not_apply_are_errors_whatever_their_value() {
         // Each is set to its own default, which the objective or schedule would not use.
-        let refused: [(&[&str], &str, &str); 6] = [
-            (&["diffusion.fdm.base=edm"], "diffusion.fdm", "`vp` does not use it"),
-            (&["diffusion.objective=edm", "diffusion.ct.s0=10"], "diffusion.ct", "`edm` does not use it"),
-            (&["diffusion.objective=ct", "sample.sampler=consistency", "diffusion.ct.curve=4"], "diffusion.ct.curve", "levels = \"polynomial\""),
-            (&["diffusion.objective=ct", "sample.sampler=consistency", "diffusion.ct.levels=polynomial", "diffusion.schedule=cosine"], "diffusion.schedule", "places the levels itself"),
-            (&["diffusion.schedule=laplace", "diffusion.schedule.gamma=1"], "diffusion.schedule.gamma", "does not apply to `type = \"laplace\"`"),
-            (&["diffusion.schedule=flow", "diffusion.schedule.mu=0"], "diffusion.schedule.mu", "does not apply to `type = \"flow\"`"),
+        let ct: &[&str] = &["diffusion.objective=ct", "sample.sampler=consistency"];
+        let refused: [(Vec<&str>, &str, &str); 8] = [
+            (vec!["diffusion.objective=edm", "diffusion.objective.target=eps"], "diffusion.objective.target", "does not apply to `type = \"edm\"`"),
+            (vec!["diffusion.objective=vp", "diffusion.objective.sigma_data=0.5"], "diffusion.objective.sigma_data", "does not apply to `type = \"vp\"`"),
+            (vec!["diffusion.objective=fdm", "diffusion.objective.base=vp", "diffusion.objective.base.sigma_data=0.5"], "diffusion.objective.base.sigma_data", "does not apply to `type = \"vp\"`"),
+            ([ct, &["diffusion.objective.levels=schedule", "diffusion.objective.levels.curve=4"]].concat(), "diffusion.objective.levels.curve", "does not apply to `type = \"schedule\"`"),
+            ([ct, &["diffusion.objective.curriculum=ict", "diffusion.objective.curriculum.n_init=10"]].concat(), "diffusion.objective.curriculum.n_init", "does not apply to `type = \"ict\"`"),
+            ([ct, &["diffusion.objective.levels=polynomial", "diffusion.schedule=cosine"]].concat(), "diffusion.schedule", "places the levels itself"),
+            (vec!["diffusion.schedule=laplace", "diffusion.schedule.gamma=1"], "diffusion.schedule.gamma", "does not apply to `type = \"laplace\"`"),
+            (vec!["diffusion.schedule=flow", "diffusion.schedule.mu=0"], "diffusion.schedule.mu", "does not apply to `type = \"flow\"`"),
         ];
         for (sets, key, why) in refused {
-            let e = load(MINIMAL, sets).unwrap_err().to_string();
+            let e = load(MINIMAL, &sets).unwrap_err().to_string();
             assert!(e.contains(&format!("`{key}`")) && e.contains(why), "{sets:?}: {e}");
         }
         let e = load("[data]\ndataset = \"idx\"\n[diffusion.schedule]\ntype = \"cosine\"\n\nb = 0.5\n", &[]).unwrap_err().to_string();
         assert!(e.contains("test.toml:6") && e.contains("`diffusion.schedule.b`") && e.contains("`type = \"cosine\"`"), "{e}");
+        let e = load("[data]\ndataset = \"idx\"\n[diffusion.objective]\ntype = \"flow\"\nrho = 7.0\n", &[]).unwrap_err().to_string();
+        assert!(e.contains("test.toml:5") && e.contains("`diffusion.objective.rho`") && e.contains("`type = \"flow\"`"), "{e}");
+    }
+
+    #[test]
+    fn errors_inside_nested_sections_name_the_key_and_where_it_was_set() {
+        let ct = ["diffusion.objective=ct", "sample.sampler=consistency"].map(String::from);
+        let with = |more: &[&str]| -> String {
+            let sets: Vec<String> = ct.iter().cloned().chain(more.iter().map(|s| s.to_string())).collect();
+            Config::from_toml(MINIMAL, Path::new("test.toml"), &sets).unwrap_err().to_string()
+        };
+        // serde reports these against `diffusion.objective`, which it reads whole.
+        let e = load(MINIMAL, &["diffusion.objective=vp", "diffusion.objective.target=w"]).unwrap_err().to_string();
+        assert!(e.contains("--set diffusion.objective.target=w") && e.contains("`diffusion.objective.target`") && e.contains("`eps`"), "{e}");
+        let e = with(&["diffusion.objective.curriculum=ict", "diffusion.objective.curriculum.s0=2.5"]);
+        assert!(e.contains("`diffusion.objective.curriculum.s0`") && e.contains("invalid type"), "{e}");
+        let e = load(MINIMAL, &["diffusion.objective=fdm", "diffusion.objective.warmup=-1"]).unwrap_err().to_string();
+        assert!(e.contains("`diffusion.objective.warmup`"), "{e}");
+        // A key that the outer section has and the nested one does not.
+        let e = with(&["diffusion.objective.rho=7", "diffusion.objective.curriculum=sinusoidal", "diffusion.objective.curriculum.rho=5"]);
+        assert!(e.contains("`diffusion.objective.curriculum.rho`") && e.contains("`type = \"sinusoidal\"`"), "{e}");
+        let e = with(&["diffusion.objective.levels=polynomial", "diffusion.objective.levels.type=poly"]);
+        assert!(e.contains("`diffusion.objective.levels.type`") && e.contains("`polynomial`"), "{e}");
+        // Keys written one level too high say where they belong.
+        for (set, belongs) in [("diffusion.objective.s0=10", "`curriculum`"), ("diffusion.objective.curve=4", "`levels`")] {
+            let e = with(&[set]);
+            assert!(e.contains("does not apply to `type = \"ct\"`") && e.contains(belongs), "{set}: {e}");
+        }
+        let e = load(MINIMAL, &["diffusion.objective=fdm", "diffusion.objective.sigma_data=0.5"]).unwrap_err().to_string();
+        assert!(e.contains("`diffusion.objective.sigma_data`") && e.contains("base.sigma_data"), "{e}");
+    }
+
+    #[test]
+    fn keys_of_the_layout_before_the_objective_section_say_where_they_went() {
+        for (set, key, hint) in [
+            ("diffusion.fdm.base=edm", "diffusion.fdm", "type = \"fdm\""),
+            ("diffusion.ct.s0=10", "diffusion.ct", "type = \"ct\""),
+            ("diffusion.target=v", "diffusion.target", "type = \"vp\""),
+            ("diffusion.sigma_data=0.5", "diffusion.sigma_data", "[diffusion.objective.base]"),
+        ] {
+            let e = load(MINIMAL, &[set]).unwrap_err().to_string();
+            assert!(e.contains(&format!("`{key}`")) && e.contains("unknown field") && e.contains(hint), "{set}: {e}");
+        }
     }
 
     #[test]
     fn configs_recorded_before_the_schedule_section_still_load() {
+        use crate::objective::{Curriculum, FdmConfig};
+        use emulsion_schedule::ict::IctCurriculum;
+        use emulsion_schedule::polynomial::PolynomialLevels;
         // As `to_toml` wrote them: every curve's table, and the `fdm` and `ct` tables always.
         let tables = "[diffusion.cosine_discrete]\ns = 0.008\nmax_beta = 0.999\ntimesteps = 1000\n[diffusion.linear]\nbeta_start = 0.0001\nbeta_end = 0.02\ntimesteps = 1000\n[diffusion.laplace]\nmu = 1.5\nb = 2.0\n[diffusion.cauchy]\nmu = 0.0\ngamma = 1.0\n[diffusion.lognormal]\np_mean = -1.2\np_std = 1.2\n[diffusion.fdm]\nbase = \"edm\"\nbeta_min = 0.1\nbeta_d = 19.9\n[diffusion.ct]\ncurriculum = \"ict\"\ns0 = 10\ns1 = 1280\nrho = 7.0\nlevels = \"schedule\"\ncurve = 2.5\njitter = 0.5\n";
         let old = format!("[data]\ndataset = \"idx\"\n[diffusion]\nobjective = \"vp\"\nschedule = \"laplace\"\nshift = 2.0\nlambda_min = -15.0\nlambda_max = 15.0\n{tables}");
         assert!(Config::from_toml(&old, Path::new("config.toml"), &[]).is_err(), "the old layout is not today's");
         let c = Config::from_recorded_toml(&old, Path::new("config.toml")).unwrap();
         assert_eq!(c.diffusion.curve(), Curve::Laplace(emulsion_schedule::Laplace { mu: 1.5, b: 2.0 }));
-        assert_eq!((c.diffusion.shift, c.diffusion.fdm.is_none(), c.diffusion.ct.is_none()), (2.0, true, true));
+        assert_eq!((c.diffusion.shift, &c.diffusion.objective), (2.0, &ObjectiveConfig::default()));
         let ct = old.replace("objective = \"vp\"", "objective = \"ct\"").replace("schedule = \"laplace\"", "schedule = \"lognormal\"") + "[sample]\nsampler = \"consistency\"\n";
         let c = Config::from_recorded_toml(&ct, Path::new("config.toml")).unwrap();
         assert_eq!(c.diffusion.curve(), Curve::LogNormal(emulsion_schedule::LogNormal { p_mean: -1.2, p_std: 1.2 }));
-        assert_eq!(c.diffusion.ct.as_ref().map(|ct| (ct.s1, ct.curve)), Some((1280, None)));
+        let ObjectiveConfig::Ct(read) = &c.diffusion.objective else { panic!("{:?}", c.diffusion.objective) };
+        assert_eq!((read.curriculum, read.levels), (Curriculum::Ict(IctCurriculum { s0: 10, s1: 1280 }), LevelChoice::Schedule {}));
         // FDM kept its table and lost the always-written `ct`; polynomial levels on the default
         // cosine lost the schedule (it only gave the range) and kept `curve` and `jitter`.
         let fdm = old.replace("objective = \"vp\"", "objective = \"fdm\"");
         let c = Config::from_recorded_toml(&fdm, Path::new("config.toml")).unwrap();
-        assert_eq!((c.diffusion.fdm.as_ref().map(|f| f.beta_d), c.diffusion.ct.is_none()), (Some(19.9), true));
+        assert_eq!(c.diffusion.objective, ObjectiveConfig::Fdm(FdmConfig::default()));
         let polynomial = old
             .replace("objective = \"vp\"", "objective = \"ct\"")
             .replace("schedule = \"laplace\"", "schedule = \"cosine\"")
@@ -1293,11 +1209,45 @@ mod tests {
             + "[sample]\nsampler = \"consistency\"\n";
         let c = Config::from_recorded_toml(&polynomial, Path::new("config.toml")).unwrap();
         assert!(c.diffusion.schedule.is_none(), "{:?}", c.diffusion.schedule);
-        assert_eq!(c.diffusion.ct.as_ref().map(|ct| (ct.curve, ct.jitter)), Some((Some(2.5), Some(0.5))));
+        let ObjectiveConfig::Ct(read) = &c.diffusion.objective else { panic!("{:?}", c.diffusion.objective) };
+        assert_eq!(read.levels, LevelChoice::Polynomial(PolynomialLevels { curve: 2.5, jitter: 0.5, ..PolynomialLevels::default() }));
         // Today's layout and real errors pass through unchanged.
         assert_eq!(Config::from_recorded_toml(&c.to_toml(), Path::new("config.toml")).unwrap(), c);
         let e = Config::from_recorded_toml("[data]\ndataset = \"idx\"\n[train]\nstepz = 1\n", Path::new("config.toml")).unwrap_err();
         assert!(e.to_string().contains("`train.stepz`"), "{e}");
+    }
+
+    #[test]
+    fn configs_recorded_before_the_objective_section_still_load() {
+        use crate::objective::{CtConfig, Curriculum, FdmConfig, VpTarget};
+        use emulsion_models::FdmBase;
+        use emulsion_schedule::polynomial::{PolynomialLevels, SinusoidalCurriculum};
+        let record = |diffusion: &str| format!("[data]\ndataset = \"idx\"\n[diffusion]\nshift = 1.0\n{diffusion}");
+        let read = |diffusion: &str| {
+            let text = record(diffusion);
+            assert!(Config::from_toml(&text, Path::new("config.toml"), &[]).is_err(), "the old layout is not today's: {text}");
+            Config::from_recorded_toml(&text, Path::new("config.toml")).unwrap_or_else(|e| panic!("{e}")).diffusion.objective
+        };
+        assert_eq!(read("target = \"v\"\n"), ObjectiveConfig::Vp { target: VpTarget::V });
+        assert_eq!(read("objective = \"edm\"\nsigma_data = 0.25\nschedule = \"lognormal\"\n"), ObjectiveConfig::Edm { sigma_data: 0.25 });
+        let fdm = read("objective = \"fdm\"\nsigma_data = 0.4\n[diffusion.fdm]\nbase = \"edm\"\nbeta_min = 0.1\nbeta_d = 19.9\nwarmup = 10\n");
+        assert_eq!(fdm, ObjectiveConfig::Fdm(FdmConfig { base: FdmBase::Edm { sigma_data: 0.4 }, warmup: Some(10), ..FdmConfig::default() }));
+        let fdm = read("objective = \"fdm\"\n[diffusion.fdm]\nbase = \"ve\"\nbeta_min = 0.1\nbeta_d = 19.9\n");
+        assert_eq!(fdm, ObjectiveConfig::Fdm(FdmConfig { base: FdmBase::Ve {}, ..FdmConfig::default() }));
+        let ct = read("objective = \"ct\"\nsigma_data = 0.5\n[diffusion.ct]\ncurriculum = \"sinusoidal\"\ns0 = 5\ns1 = 100\nrho = 7.0\nlevels = \"polynomial\"\ncurve = 3.0\nsteps = 40\n[sample]\nsampler = \"consistency\"\n");
+        let want = CtConfig {
+            curriculum: Curriculum::Sinusoidal(SinusoidalCurriculum { n_init: 5, n_final: 100, ..SinusoidalCurriculum::default() }),
+            levels: LevelChoice::Polynomial(PolynomialLevels { curve: 3.0, ..PolynomialLevels::default() }),
+            steps: Some(40),
+            ..CtConfig::default()
+        };
+        assert_eq!(ct, ObjectiveConfig::Ct(want));
+        // Today's objective table beside an old key is no old record: the old key is refused.
+        let e = Config::from_recorded_toml(&record("target = \"v\"\n[diffusion.objective]\ntype = \"edm\"\n"), Path::new("config.toml")).unwrap_err().to_string();
+        assert!(e.contains("`diffusion.target`") && e.contains("unknown field"), "{e}");
+        // A record that is wrong in today's terms says so in today's terms.
+        let e = Config::from_recorded_toml(&record("objective = \"edm\"\nsigma_data = -1.0\n"), Path::new("config.toml")).unwrap_err().to_string();
+        assert!(e.contains("`diffusion.objective.sigma_data`") && e.contains("positive"), "{e}");
     }
 
     #[test]

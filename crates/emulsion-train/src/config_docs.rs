@@ -7,10 +7,13 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use emulsion_assign::AssignConfig;
+use emulsion_schedule::ict::IctCurriculum;
+use emulsion_schedule::polynomial::{PolynomialLevels, SinusoidalCurriculum};
 use emulsion_schedule::{Cauchy, CosineBetas, Curve, Laplace, LinearBetas, LogNormal};
 use serde::de::{self, Deserialize, Visitor};
 
-use crate::config::{Config, CtConfig, DataConfig, DiffusionConfig, EvalConfig, FdmConfig, ModelConfig, RunConfig, SampleConfig, TrainConfig};
+use crate::config::{Config, DataConfig, DiffusionConfig, EvalConfig, ModelConfig, RunConfig, SampleConfig, TrainConfig};
+use crate::objective::{CtConfig, Curriculum, FdmConfig, LevelChoice, ObjectiveConfig};
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
@@ -61,42 +64,18 @@ fn fields<'de, T: Deserialize<'de>>() -> Vec<&'static str> {
     }
 }
 
-/// Sections whose fields are themselves sections, documented as tables of their own.
-const NESTED: [&str; 3] = ["diffusion.schedule", "diffusion.fdm", "diffusion.ct"];
-
-/// Every key of the configuration, dotted, from the types themselves.
-fn code_keys() -> BTreeSet<String> {
-    let sections: [(&str, Vec<&str>); 10] = [
-        ("run", fields::<RunConfig>()),
-        ("data", fields::<DataConfig>()),
-        ("model", fields::<ModelConfig>()),
-        ("diffusion", fields::<DiffusionConfig>()),
-        ("diffusion.fdm", fields::<FdmConfig>()),
-        ("diffusion.ct", fields::<CtConfig>()),
-        ("assignment", fields::<AssignConfig>()),
-        ("train", fields::<TrainConfig>()),
-        ("sample", fields::<SampleConfig>()),
-        ("eval", fields::<EvalConfig>()),
-    ];
-    let top: BTreeSet<&str> = fields::<Config>().into_iter().collect();
-    let listed: BTreeSet<&str> = sections.iter().map(|(s, _)| *s).filter(|s| !s.contains('.')).collect();
-    assert_eq!(top, listed, "a new section of Config needs its place in this check");
-    let mut keys: BTreeSet<String> = sections
-        .iter()
-        .flat_map(|(section, fields)| fields.iter().map(move |f| format!("{section}.{f}")))
-        .filter(|k| !NESTED.contains(&k.as_str()) || k == "diffusion.schedule")
-        .collect();
-    // The schedule's keys: `type` and every curve's parameters.
-    keys.insert("diffusion.schedule.type".into());
-    let curve_parameters = [fields::<CosineBetas>(), fields::<LinearBetas>(), fields::<Laplace>(), fields::<Cauchy>(), fields::<LogNormal>()];
-    keys.extend(curve_parameters.into_iter().flatten().map(|p| format!("diffusion.schedule.{p}")));
-    assert_eq!(Curve::defaults().len(), 7, "a new curve's parameter struct needs its place in this check");
-    keys
+/// Every objective with its defaults, found by name in serde's list of variants (so a new
+/// objective cannot be missed).
+fn objectives() -> Vec<ObjectiveConfig> {
+    let message = toml::Value::String("?".into()).try_into::<ObjectiveConfig>().unwrap_err().to_string();
+    let expected = message.split("expected").nth(1).expect("serde lists the variants");
+    let names: Vec<String> = expected.split('`').skip(1).step_by(2).map(str::to_string).collect();
+    assert!(names.len() >= 5, "{message}");
+    names.iter().map(|name| toml::Value::String(name.clone()).try_into().unwrap()).collect()
 }
 
-/// The code's defaults as TOML values, by dotted key (keys whose default is "unset" and
-/// decided elsewhere are absent).
-fn code_defaults() -> BTreeMap<String, Vec<toml::Value>> {
+/// The dotted keys of `value` serialised as a table, under `prefix`.
+fn serialised_keys<T: serde::Serialize>(prefix: &str, value: &T) -> BTreeMap<String, Vec<toml::Value>> {
     fn flatten(prefix: &str, table: &toml::Table, out: &mut BTreeMap<String, Vec<toml::Value>>) {
         for (k, v) in table {
             let key = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
@@ -106,18 +85,62 @@ fn code_defaults() -> BTreeMap<String, Vec<toml::Value>> {
             }
         }
     }
-    let config = Config::from_toml("[data]\ndataset = \"idx\"\n", Path::new("defaults.toml"), &[]).unwrap();
     let mut out = BTreeMap::new();
-    flatten("", &toml::Table::try_from(&config).unwrap(), &mut out);
-    flatten("diffusion.fdm", &toml::Table::try_from(FdmConfig::default()).unwrap(), &mut out);
-    flatten("diffusion.ct", &toml::Table::try_from(CtConfig::default()).unwrap(), &mut out);
-    for curve in Curve::defaults() {
-        #[derive(serde::Serialize)]
-        struct Holder {
-            schedule: Curve,
-        }
-        flatten("diffusion", &toml::Table::try_from(Holder { schedule: curve }).unwrap(), &mut out);
+    flatten(prefix, &toml::Table::try_from(value).unwrap(), &mut out);
+    out
+}
+
+/// Every key of the configuration, dotted, from the types themselves. A tagged section has its
+/// name's key in its parent's table (`diffusion.schedule`) and `type` in its own; one inside the
+/// objective (`base`, `curriculum`, `levels`) is documented by its name's row and its keys.
+fn code_keys() -> BTreeSet<String> {
+    let sections: [(&str, Vec<&str>); 8] = [
+        ("run", fields::<RunConfig>()),
+        ("data", fields::<DataConfig>()),
+        ("model", fields::<ModelConfig>()),
+        ("diffusion", fields::<DiffusionConfig>()),
+        ("assignment", fields::<AssignConfig>()),
+        ("train", fields::<TrainConfig>()),
+        ("sample", fields::<SampleConfig>()),
+        ("eval", fields::<EvalConfig>()),
+    ];
+    let top: BTreeSet<&str> = fields::<Config>().into_iter().collect();
+    let listed: BTreeSet<&str> = sections.iter().map(|(s, _)| *s).collect();
+    assert_eq!(top, listed, "a new section of Config needs its place in this check");
+    let mut keys: BTreeSet<String> = sections.iter().flat_map(|(section, fields)| fields.iter().map(move |f| format!("{section}.{f}"))).collect();
+    // The schedule's keys: `type` and every curve's parameters.
+    keys.insert("diffusion.schedule.type".into());
+    let curve_parameters = [fields::<CosineBetas>(), fields::<LinearBetas>(), fields::<Laplace>(), fields::<Cauchy>(), fields::<LogNormal>()];
+    keys.extend(curve_parameters.into_iter().flatten().map(|p| format!("diffusion.schedule.{p}")));
+    assert_eq!(Curve::defaults().len(), 7, "a new curve's parameter struct needs its place in this check");
+    // The objective's: `type`, each objective's keys as written, and the optional ones.
+    keys.insert("diffusion.objective.type".into());
+    for objective in objectives() {
+        keys.extend(serialised_keys("diffusion.objective", &objective).into_keys().filter(|k| !k.ends_with(".type") || k == "diffusion.objective.type"));
     }
+    let optional = [("", fields::<FdmConfig>()), ("", fields::<CtConfig>()), ("curriculum.", fields::<IctCurriculum>()), ("curriculum.", fields::<SinusoidalCurriculum>()), ("levels.", fields::<PolynomialLevels>())];
+    keys.extend(optional.iter().flat_map(|(within, fields)| fields.iter().map(move |f| format!("diffusion.objective.{within}{f}"))));
+    keys
+}
+
+/// The code's defaults as TOML values, by dotted key (keys whose default is "unset" and
+/// decided elsewhere are absent).
+fn code_defaults() -> BTreeMap<String, Vec<toml::Value>> {
+    let config = Config::from_toml("[data]\ndataset = \"idx\"\n", Path::new("defaults.toml"), &[]).unwrap();
+    let mut out = serialised_keys("", &config);
+    let mut add = |more: BTreeMap<String, Vec<toml::Value>>| {
+        for (k, v) in more {
+            out.entry(k).or_default().extend(v);
+        }
+    };
+    for curve in Curve::defaults() {
+        add(serialised_keys("diffusion.schedule", &curve));
+    }
+    for objective in objectives() {
+        add(serialised_keys("diffusion.objective", &objective));
+    }
+    let gokmen = CtConfig { curriculum: Curriculum::Sinusoidal(SinusoidalCurriculum::default()), levels: LevelChoice::Polynomial(PolynomialLevels::default()), ..CtConfig::default() };
+    add(serialised_keys("diffusion.objective", &gokmen));
     out
 }
 
@@ -212,7 +235,7 @@ fn the_readme_reference_lists_exactly_the_config_keys_with_their_defaults() {
 }
 
 /// `key = value` lines of a config file, commented out or not, qualified by the table they sit
-/// in (`# [diffusion.fdm]` headers count too).
+/// in (`# [diffusion.objective]` headers count too).
 fn config_file_keys(path: &Path) -> BTreeSet<String> {
     let text = std::fs::read_to_string(path).unwrap();
     let mut section = String::new();
@@ -233,20 +256,27 @@ fn config_file_keys(path: &Path) -> BTreeSet<String> {
 }
 
 #[test]
-fn example_configs_write_only_real_keys_and_cifar_toml_shows_every_key() {
+fn example_configs_write_only_real_keys_and_show_every_key() {
     let code = code_keys();
+    // `[x.base]` with `type = …` is `x.base` written as a table.
+    let known = |key: &String| code.contains(key) || key.strip_suffix(".type").is_some_and(|section| code.contains(section));
     let mut configs: Vec<PathBuf> = std::fs::read_dir(repo().join("configs")).unwrap().map(|e| e.unwrap().path()).collect();
     configs.retain(|p| p.extension().is_some_and(|e| e == "toml"));
     configs.sort();
     assert!(configs.len() >= 9, "{configs:?}");
+    let mut anywhere = BTreeSet::new();
     for path in &configs {
         let keys = config_file_keys(path);
-        let unknown: Vec<&String> = keys.difference(&code).collect();
+        let unknown: Vec<&String> = keys.iter().filter(|k| !known(k)).collect();
         assert!(unknown.is_empty(), "{}: keys that no config type has: {unknown:?}", path.display());
         Config::load(path, &[]).unwrap_or_else(|e| panic!("{e}"));
+        anywhere.extend(keys);
     }
-    // The other curves' parameters are listed in a comment of their own, not as `key = value`.
+    // The other curves' parameters are listed in a comment of their own, not as `key = value`;
+    // the other objectives' keys are shown by the configs that use them.
     let shown = config_file_keys(&repo().join("configs/cifar.toml"));
-    let missing: Vec<&String> = code.iter().filter(|k| !k.starts_with("diffusion.schedule") && !shown.contains(*k)).collect();
+    let missing: Vec<&String> = code.iter().filter(|k| !k.starts_with("diffusion.schedule") && !k.starts_with("diffusion.objective") && !shown.contains(*k)).collect();
     assert!(missing.is_empty(), "configs/cifar.toml does not show {missing:?}");
+    let missing: Vec<&String> = code.iter().filter(|k| k.starts_with("diffusion.objective") && !anywhere.contains(*k)).collect();
+    assert!(missing.is_empty(), "no example config shows {missing:?}");
 }

@@ -39,7 +39,6 @@ use crate::fid::{fid_due, FidPlan};
 use crate::journal;
 use crate::grid::{grid_columns, save_grid};
 use crate::monitor::{MonitorConfig, TrainingMonitor};
-use crate::objective::Objective;
 use crate::optim::WarmupLr;
 use crate::sampling;
 use crate::strategy::{Components, Outcome, SamplePlan, StepPlan, StepStrategy};
@@ -110,7 +109,7 @@ impl Recipe {
     /// The recipe `config` describes; the error names the key that rules it out.
     pub fn from_config(config: &Config) -> Result<Self, Invalid> {
         Ok(Recipe {
-            objective: Objective::from_config(config)?,
+            objective: config.diffusion.build_objective(config.train.steps as u64)?,
             seed: config.run.seed,
             ema_decay: config.train.ema_decay,
             grad_clip: config.train.grad_clip,

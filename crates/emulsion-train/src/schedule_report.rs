@@ -22,7 +22,7 @@ pub fn resolve(name: &str, settings: &[String]) -> Result<Schedule, ConfigError>
     for arg in settings {
         let key = arg.split_once('=').map_or(arg.as_str(), |(k, _)| k.trim());
         let qualified = if RANGE_KEYS.contains(&key) { arg.clone() } else { format!("schedule.{arg}") };
-        apply_override(&mut table, &qualified).map_err(|e| match e {
+        apply_override(&mut table, &qualified, "diffusion").map_err(|e| match e {
             ConfigError::Override { message, .. } => ConfigError::Override { arg: arg.clone(), message },
             other => other,
         })?;

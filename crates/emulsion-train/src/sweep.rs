@@ -262,11 +262,16 @@ pub struct RunResult {
 
 /// Reads the journal of `run`, whose resolved config is `config`.
 pub fn run_result(run: &SweepRun, config: &Config, target_fid: Option<f64>) -> RunResult {
-    let journal = RunDir::new(&run.run_dir).metrics();
-    let lines = journal::train_lines(&journal).unwrap_or_default();
+    let (mut lines, mut fid) = (Vec::new(), Vec::new());
+    for line in journal::read(&RunDir::new(&run.run_dir).metrics()).unwrap_or_default() {
+        match line {
+            journal::JournalLine::Train(train) => lines.push(train),
+            journal::JournalLine::Fid(f) => fid.push((f.step, f.fid)),
+        }
+    }
+    fid.sort_by_key(|&(step, _)| step);
     let mut rates: Vec<f64> = lines.iter().map(|l| l.images_per_s).filter(|r| r.is_finite() && *r > 0.0).collect();
     rates.sort_by(f64::total_cmp);
-    let fid: Vec<(u64, f64)> = journal::fid_lines(&journal).unwrap_or_default().iter().map(|l| (l.step, l.fid)).collect();
     RunResult {
         combination: run.combination.clone(),
         seed: run.seed,

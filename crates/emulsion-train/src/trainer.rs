@@ -262,7 +262,7 @@ mod tests {
         let config = Config::from_toml("[data]\ndataset = \"idx\"\n", std::path::Path::new("t.toml"), &[]).unwrap();
         assert_eq!(config.data.dataset, DatasetKind::Idx);
         Recipe {
-            objective: Objective::from_config(&config).unwrap(),
+            objective: config.diffusion.build_objective(config.train.steps as u64).unwrap(),
             seed,
             ema_decay: 0.5,
             grad_clip: 1.0,

@@ -14,16 +14,16 @@ fn every_objective_trains_and_samples() {
     let out = common::tempdir("objectives");
     let cases: [(&str, &[&str]); 11] = [
         ("vp-eps", &["diffusion.objective=vp"]),
-        ("vp-v", &["diffusion.objective=vp", "diffusion.target=v"]),
-        ("vp-x0", &["diffusion.objective=vp", "diffusion.target=x0", "sample.sampler=heun"]),
-        ("edm", &["diffusion.objective=edm", "diffusion.schedule=lognormal", "diffusion.sigma_data=0.5", "sample.sampler=heun", "sample.spacing=karras"]),
+        ("vp-v", &["diffusion.objective=vp", "diffusion.objective.target=v"]),
+        ("vp-x0", &["diffusion.objective=vp", "diffusion.objective.target=x0", "sample.sampler=heun"]),
+        ("edm", &["diffusion.objective=edm", "diffusion.schedule=lognormal", "diffusion.objective.sigma_data=0.5", "sample.sampler=heun", "sample.spacing=karras"]),
         ("flow", &["diffusion.objective=flow", "diffusion.schedule=flow", "sample.sampler=euler", "assignment.method=lsa"]),
         ("flow-dpm", &["diffusion.objective=flow", "sample.sampler=dpmpp_2m", "assignment.method=knn"]),
         ("fdm-edm", &["diffusion.objective=fdm", "diffusion.schedule=lognormal", "sample.sampler=heun", "assignment.method=lsa"]),
-        ("fdm-vp", &["diffusion.objective=fdm", "diffusion.fdm.base=vp", "diffusion.fdm.multiplier=1.5", "sample.sampler=dpmpp_2m"]),
-        ("fdm-ve", &["diffusion.objective=fdm", "diffusion.fdm.base=ve", "diffusion.fdm.warmup=0", "sample.sampler=euler"]),
+        ("fdm-vp", &["diffusion.objective=fdm", "diffusion.objective.base=vp", "diffusion.objective.multiplier=1.5", "sample.sampler=dpmpp_2m"]),
+        ("fdm-ve", &["diffusion.objective=fdm", "diffusion.objective.base=ve", "diffusion.objective.warmup=0", "sample.sampler=euler"]),
         ("ct", &["diffusion.objective=ct", "diffusion.schedule=lognormal", "sample.sampler=consistency", "sample.steps=2", "assignment.method=knn"]),
-        ("ct-polynomial", &["diffusion.objective=ct", "diffusion.ct.levels=polynomial", "diffusion.ct.curriculum=sinusoidal", "sample.sampler=consistency", "sample.steps=1"]),
+        ("ct-polynomial", &["diffusion.objective=ct", "diffusion.objective.levels=polynomial", "diffusion.objective.curriculum=sinusoidal", "sample.sampler=consistency", "sample.steps=1"]),
     ];
     for (name, extra) in cases {
         let mut overrides: Vec<String> =
@@ -43,23 +43,19 @@ fn every_objective_trains_and_samples() {
     }
     // Options that belong to another objective are errors that say why.
     let quickstart = common::repo().join("configs/quickstart.toml");
-    for (set, key) in [
-        ("diffusion.target=v", "diffusion.target"),
-        ("diffusion.sigma_data=0.5", "diffusion.sigma_data"),
-        ("diffusion.fdm.warmup=10", "diffusion.fdm"),
-        ("diffusion.ct.s1=640", "diffusion.ct"),
-    ] {
+    for set in ["diffusion.objective.target=v", "diffusion.objective.sigma_data=0.5", "diffusion.objective.warmup=10", "diffusion.objective.rho=7"] {
+        let key = set.split('=').next().unwrap();
         let overrides = ["diffusion.objective=flow".to_string(), set.to_string()];
         let e = Config::load(&quickstart, &overrides).unwrap_err().to_string();
-        assert!(e.contains(&format!("`{key}`")) && e.contains("flow"), "{e}");
+        assert!(e.contains(&format!("`{key}`")) && e.contains("does not apply to `type = \"flow\"`"), "{e}");
     }
     // Combinations that make no sense, each refused with the key and the reason.
     let refused: [(&[&str], &str, &str); 5] = [
         (&["diffusion.objective=ct"], "sample.sampler", "consistency"),
         (&["sample.sampler=consistency"], "sample.sampler", "consistency model"),
-        (&["diffusion.objective=fdm", "diffusion.fdm.base=ve", "diffusion.fdm.multiplier=2"], "diffusion.fdm.multiplier", "VE-FDM"),
-        (&["diffusion.objective=fdm", "diffusion.fdm.base=vp", "diffusion.sigma_data=0.5"], "diffusion.sigma_data", "fdm"),
-        (&["diffusion.objective=ct", "sample.sampler=consistency", "diffusion.ct.levels=polynomial", "diffusion.schedule=laplace"], "diffusion.schedule", "polynomial"),
+        (&["diffusion.objective=fdm", "diffusion.objective.base=ve", "diffusion.objective.multiplier=2"], "diffusion.objective.multiplier", "VE-FDM"),
+        (&["diffusion.objective=fdm", "diffusion.objective.base=vp", "diffusion.objective.base.sigma_data=0.5"], "diffusion.objective.base.sigma_data", "`type = \"vp\"`"),
+        (&["diffusion.objective=ct", "sample.sampler=consistency", "diffusion.objective.levels=polynomial", "diffusion.schedule=laplace"], "diffusion.schedule", "polynomial"),
     ];
     for (sets, key, why) in refused {
         let overrides: Vec<String> = sets.iter().map(|s| s.to_string()).collect();

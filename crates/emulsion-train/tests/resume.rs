@@ -80,12 +80,12 @@ fn final_model(run_dir: &Path, config: &Config) -> (Vec<f32>, Vec<f32>, u64) {
 }
 
 /// The quick VP recipe; FDM, whose loss-weight clamp (warm-up 4) changes between the checkpoint
-/// at step 3 and the end; consistency training, whose curriculum (laid out over `ct.steps`, not
+/// at step 3 and the end; consistency training, whose curriculum (laid out over `diffusion.objective.steps`, not
 /// the `train.steps` that the first half stops at) doubles its levels at step 3.
 const RECIPES: [(&str, (&str, &str)); 3] = [
     ("vp", ("objective = \"vp\"", "ddim")),
-    ("fdm", ("objective = \"fdm\"\nschedule = \"lognormal\"\nfdm.warmup = 4", "heun")),
-    ("ct", ("objective = \"ct\"\nschedule = \"lognormal\"\nct.steps = 6\nct.s0 = 2\nct.s1 = 4", "consistency")),
+    ("fdm", ("schedule = \"lognormal\"\nobjective.type = \"fdm\"\nobjective.warmup = 4", "heun")),
+    ("ct", ("schedule = \"lognormal\"\nobjective.type = \"ct\"\nobjective.steps = 6\nobjective.curriculum = { type = \"ict\", s0 = 2, s1 = 4 }", "consistency")),
 ];
 
 #[test]

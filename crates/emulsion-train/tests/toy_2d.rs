@@ -8,12 +8,11 @@ use burn::prelude::*;
 use burn::tensor::Distribution;
 use emulsion_models::{FdmBase, Mlp, MlpConfig};
 use emulsion_schedule::ict::IctCurriculum;
-use emulsion_schedule::karras::Karras;
-use emulsion_schedule::polynomial::{PolynomialLevels, PredefinedLevels, SinusoidalCurriculum};
+use emulsion_schedule::polynomial::{PolynomialLevels, SinusoidalCurriculum};
 use emulsion_schedule::process::lambda_of_edm_sigma;
 use emulsion_schedule::{Curve, LogNormal, Schedule};
-use emulsion_train::config::{FdmBaseKind, FdmConfig, SampleConfig, SamplerKind, Spacing};
-use emulsion_train::objective::{ConsistencyTraining, Curriculum, Edm, Fdm, Flow, LevelChoice, Objective, ObjectiveInput, Vp, VpTarget};
+use emulsion_train::config::{SampleConfig, SamplerKind, Spacing};
+use emulsion_train::objective::{ConsistencyTraining, Curriculum, Edm, Fdm, FdmConfig, Flow, LevelChoice, Objective, ObjectiveInput, Vp, VpTarget};
 use emulsion_train::sampling::generate;
 
 type B = NdArray<f32>;
@@ -52,7 +51,7 @@ fn sliced_wasserstein(a: &[f32], b: &[f32]) -> f64 {
 fn samples(net: &Mlp<B>, objective: &Objective, sampler: SamplerKind, steps: usize) -> Vec<f32> {
     // The data lie in [-1, 1]; the VP and VE networks clip their estimates there, as DDPM does:
     // their D = x ∓ s F multiplies an error of F by s.
-    let clip_denoised = matches!(objective, Objective::Vp(_) | Objective::Fdm(Fdm { base: FdmBase::Vp | FdmBase::Ve, .. }));
+    let clip_denoised = matches!(objective, Objective::Vp(_) | Objective::Fdm(Fdm { base: FdmBase::Vp {} | FdmBase::Ve {}, .. }));
     let options = SampleConfig { sampler, steps, n: SAMPLES, clip_denoised, spacing: Spacing::Karras, seed: 3, ..Default::default() };
     generate(net, objective.precond(), objective.schedule(), &options, 0..SAMPLES, [2, 1], &Default::default()).into_data().to_vec().unwrap()
 }
@@ -116,8 +115,8 @@ fn diffusion_objectives_learn_a_2d_mixture() {
     // Each FDM variant as configured (official τ ranges and warm-ups), on its base's levels:
     // EDM's log-normal, VP's and VE's cosine over their official ranges.
     let ve = Schedule::cosine(lambda_of_edm_sigma(100.0), lambda_of_edm_sigma(0.02)).unwrap();
-    for (name, base, schedule) in [("fdm-edm", FdmBaseKind::Edm, edm.clone()), ("fdm-vp", FdmBaseKind::Vp, cosine.clone()), ("fdm-ve", FdmBaseKind::Ve, ve)] {
-        let fdm = FdmConfig { base, ..Default::default() }.objective(schedule, 0.5);
+    for (name, base, schedule) in [("fdm-edm", FdmBase::Edm { sigma_data: 0.5 }, edm.clone()), ("fdm-vp", FdmBase::Vp {}, cosine.clone()), ("fdm-ve", FdmBase::Ve {}, ve)] {
+        let fdm = FdmConfig { base, ..Default::default() }.init(schedule);
         check(name, Objective::Fdm(fdm), SamplerKind::Heun, 18);
     }
 }
@@ -129,16 +128,15 @@ fn consistency_training_learns_a_2d_mixture() {
         schedule: edm_range(lognormal(-1.1, 2.0)),
         sigma_data: 0.5,
         rho: 7.0,
-        levels: LevelChoice::Schedule,
+        levels: LevelChoice::Schedule {},
         curriculum: Curriculum::Ict(IctCurriculum::default()),
         total_steps: STEPS as u64,
         huber_c: None,
     };
     check("ct (iCT)", Objective::Consistency(ct.clone()), SamplerKind::Consistency, 2);
     // Gokmen et al.: polynomial placement on a predefined Karras vector, sinusoidal curriculum.
-    let predefined = PredefinedLevels::new(&Karras::default(), 1280);
     let gokmen = ConsistencyTraining {
-        levels: LevelChoice::Polynomial { placement: PolynomialLevels::default(), predefined },
+        levels: LevelChoice::Polynomial(PolynomialLevels::default()),
         curriculum: Curriculum::Sinusoidal(SinusoidalCurriculum::default()),
         ..ct
     };

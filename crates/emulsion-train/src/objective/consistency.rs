@@ -9,14 +9,105 @@
 
 use burn::prelude::*;
 use burn::tensor::{Distribution, ElementConversion, TensorData};
+use emulsion_config::Invalid;
 use emulsion_models::precond::per_sample;
 use emulsion_models::{Network, Precond};
 use emulsion_schedule::ict::{level_probabilities, sample_indices, IctCurriculum};
 use emulsion_schedule::karras::Karras;
 use emulsion_schedule::polynomial::{PolynomialLevels, PredefinedLevels, SinusoidalCurriculum};
 use emulsion_schedule::Schedule;
+use serde::{Deserialize, Serialize};
 
 use super::ObjectiveInput;
+
+/// `[diffusion.objective]` with `type = "ct"`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CtConfig {
+    /// The data standard deviation `s_d` of the parameterisation.
+    pub sigma_data: f64,
+    /// Karras' `ρ` of the levels (and the sinusoidal curriculum's exponent `(ρ − 1)/4`).
+    pub rho: f64,
+    /// How many levels there are at each step: `ict` (`s0`, `s1`) or `sinusoidal`
+    /// (`n_init`, `n_final`). The sinusoidal curriculum's `ρ` is not read from here but set to
+    /// `rho` by [`CtConfig::init`]: use the curriculum of the built objective.
+    pub curriculum: Curriculum,
+    /// Where each sample's pair of levels is: `schedule` or `polynomial` (`curve`, `jitter`).
+    pub levels: LevelChoice,
+    /// The pseudo-Huber `c`; default `0.00054 √d`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub huber_c: Option<f64>,
+    /// The steps `K` the curriculum is laid out over; default `train.steps`. Set it to extend
+    /// a finished run (a larger `train.steps` and `--resume`) without re-laying `N(k)`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub steps: Option<u64>,
+}
+
+impl Default for CtConfig {
+    fn default() -> Self {
+        Self {
+            sigma_data: emulsion_models::precond::DEFAULT_SIGMA_DATA,
+            rho: 7.0,
+            curriculum: Curriculum::Ict(IctCurriculum::default()),
+            levels: LevelChoice::Schedule {},
+            huber_c: None,
+            steps: None,
+        }
+    }
+}
+
+impl CtConfig {
+    /// A bound on the number of levels: each micro-batch compares its draws against every level.
+    const MAX_LEVELS: usize = 65_536;
+
+    /// The objective on `schedule` (its log-SNR range is `[s_min, s_max]`) for a run of
+    /// `total_steps` steps (unless `steps` says otherwise).
+    pub fn init(&self, schedule: Schedule, total_steps: u64) -> ConsistencyTraining {
+        let curriculum = match self.curriculum {
+            Curriculum::Sinusoidal(c) => Curriculum::Sinusoidal(SinusoidalCurriculum { rho: self.rho, ..c }),
+            ict => ict,
+        };
+        ConsistencyTraining {
+            schedule,
+            sigma_data: self.sigma_data,
+            rho: self.rho,
+            levels: self.levels,
+            curriculum,
+            total_steps: self.steps.unwrap_or(total_steps),
+            huber_c: self.huber_c,
+        }
+    }
+
+    /// Checks what serde cannot; keys are relative to the section.
+    pub fn validate(&self) -> Result<(), Invalid> {
+        emulsion_config::positive("sigma_data", self.sigma_data)?;
+        if !(self.rho.is_finite() && self.rho > 1.0) {
+            return Err(Invalid::new("rho", format!("must be above 1, got {}", self.rho)));
+        }
+        let (first, last, (first_key, last_key)) = match self.curriculum {
+            Curriculum::Ict(c) => (c.s0, c.s1, ("curriculum.s0", "curriculum.s1")),
+            Curriculum::Sinusoidal(c) => (c.n_init, c.n_final, ("curriculum.n_init", "curriculum.n_final")),
+        };
+        emulsion_config::at_least(first_key, first, 2)?;
+        emulsion_config::at_least(last_key, last, first)?;
+        if last > Self::MAX_LEVELS {
+            return Err(Invalid::new(last_key, format!("must be at most {} levels, got {last}", Self::MAX_LEVELS)));
+        }
+        if let LevelChoice::Polynomial(placement) = self.levels {
+            emulsion_config::positive("levels.curve", placement.curve)?;
+            if !(placement.jitter.is_finite() && placement.jitter >= 0.0) {
+                return Err(Invalid::new("levels.jitter", format!("must be a finite number ≥ 0, got {}", placement.jitter)));
+            }
+        }
+        if let Some(c) = self.huber_c {
+            emulsion_config::positive("huber_c", c)?;
+        }
+        if self.steps == Some(0) {
+            return Err(Invalid::new("steps", "must be at least 1"));
+        }
+        Ok(())
+    }
+}
 
 #[derive(Debug, Clone)]
 pub struct ConsistencyTraining {
@@ -34,23 +125,31 @@ pub struct ConsistencyTraining {
     pub huber_c: Option<f64>,
 }
 
-/// How the pair index `i` of each sample is chosen.
-#[derive(Debug, Clone)]
+/// Where each sample's pair of levels lies: a name or a table with `type`.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(remote = "Self", tag = "type", rename_all = "lowercase", deny_unknown_fields)]
 pub enum LevelChoice {
     /// `p(i)` = the schedule's probability of `λ` between `λ(s_{i+1})` and `λ(s_i)`; with the
     /// log-normal schedule this is iCT's `erf` formula.
-    Schedule,
+    Schedule {},
     /// Gokmen et al.: deterministic polynomial positions with jitter, levels taken from one
     /// predefined Karras vector of the curriculum's largest size.
-    Polynomial { placement: PolynomialLevels, predefined: PredefinedLevels },
+    Polynomial(PolynomialLevels),
 }
 
-/// How many levels there are at step `k`.
-#[derive(Debug, Clone, Copy)]
+emulsion_config::tagged_section!(LevelChoice, "`schedule` or `polynomial`, or a table with `type` (and `curve`, `jitter` for `polynomial`)");
+
+/// How many levels there are at step `k`: a name or a table with `type`.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(remote = "Self", tag = "type", rename_all = "lowercase", deny_unknown_fields)]
 pub enum Curriculum {
+    /// iCT's doubling from `s0 + 1` to `s1 + 1` levels.
     Ict(IctCurriculum),
+    /// Gokmen et al.'s: rises from `n_init` to `n_final` levels and falls back.
     Sinusoidal(SinusoidalCurriculum),
 }
+
+emulsion_config::tagged_section!(Curriculum, "`ict` or `sinusoidal`, or a table with `type` and its level counts");
 
 impl Curriculum {
     /// `N(k)`, at least 2 (one pair).
@@ -83,15 +182,24 @@ impl ConsistencyTraining {
         self.schedule.sigma_range().0
     }
 
+    /// Karras levels over the schedule's noise range.
+    fn karras(&self) -> Karras {
+        let (sigma_min, sigma_max) = self.schedule.sigma_range();
+        Karras { sigma_min, sigma_max, rho: self.rho }
+    }
+
+    /// Gokmen et al.'s one Karras vector of the curriculum's largest size, which every step's
+    /// levels are a subset of.
+    pub fn predefined(&self) -> PredefinedLevels {
+        PredefinedLevels::new(&self.karras(), self.curriculum.max_levels())
+    }
+
     /// The `N(k)` noise levels of step `step`, increasing.
     pub fn levels_at(&self, step: u64) -> Vec<f64> {
         let n = self.curriculum.levels(step, self.total_steps);
         match &self.levels {
-            LevelChoice::Schedule => {
-                let (sigma_min, sigma_max) = self.schedule.sigma_range();
-                Karras { sigma_min, sigma_max, rho: self.rho }.sigmas(n)
-            }
-            LevelChoice::Polynomial { predefined, .. } => predefined.subset(n),
+            LevelChoice::Schedule {} => self.karras().sigmas(n),
+            LevelChoice::Polynomial(_) => self.predefined().subset(n),
         }
     }
 
@@ -104,8 +212,8 @@ impl ConsistencyTraining {
     pub fn draw_pairs<B: Backend>(&self, step: u64, batch: usize, device: &B::Device) -> (Tensor<B, 1>, Tensor<B, 1>) {
         let levels = self.levels_at(step);
         let index = match &self.levels {
-            LevelChoice::Schedule => sample_indices::<B>(&level_probabilities(&self.schedule, &levels), batch, device),
-            LevelChoice::Polynomial { placement, .. } => placement.sample::<B>(batch, levels.len(), device),
+            LevelChoice::Schedule {} => sample_indices::<B>(&level_probabilities(&self.schedule, &levels), batch, device),
+            LevelChoice::Polynomial(placement) => placement.sample::<B>(batch, levels.len(), device),
         };
         let table: Vec<f32> = levels.iter().map(|&s| s as f32).collect();
         let table = Tensor::<B, 1>::from_data(TensorData::new(table, [levels.len()]), device);
@@ -163,7 +271,7 @@ mod tests {
         // F ≈ 0 at initialisation: f(x, s) = c_skip(s) x, the same ε at both levels.
         let (net, x0, noise) = untrained_case(5, 3);
         let device = x0.device();
-        let o = objective(LevelChoice::Schedule, Curriculum::Ict(IctCurriculum::default()));
+        let o = objective(LevelChoice::Schedule {}, Curriculum::Ict(IctCurriculum::default()));
         let pairs = [(0.002f32, 0.01f32), (0.5, 0.7), (20.0, 80.0)];
         let input = ObjectiveInput { x0: x0.clone(), noise: noise.clone(), labels: None, step: 0 };
         let got: Vec<f32> = o
@@ -193,7 +301,7 @@ mod tests {
         let _rng = crate::lock_backend_rng();
         let (_, x0, noise) = untrained_case(6, 2);
         let (x0v, ev): (Vec<f32>, Vec<f32>) = (x0.clone().into_data().to_vec().unwrap(), noise.clone().into_data().to_vec().unwrap());
-        let o = objective(LevelChoice::Schedule, Curriculum::Ict(IctCurriculum::default()));
+        let o = objective(LevelChoice::Schedule {}, Curriculum::Ict(IctCurriculum::default()));
         let (lo, hi) = ([0.3f64, 5.0], [0.4f64, 9.0]);
         let net = FreeOutput::random(x0.dims(), 8);
         let theta = net.values();
@@ -221,18 +329,19 @@ mod tests {
 
     #[test]
     fn levels_follow_the_curriculum_within_the_schedule_range() {
-        let o = objective(LevelChoice::Schedule, Curriculum::Ict(IctCurriculum::default()));
+        let o = objective(LevelChoice::Schedule {}, Curriculum::Ict(IctCurriculum::default()));
         // K = 1000 over 8 stages of 125 steps: 11 levels, then 21.
         let first = o.levels_at(0);
         assert_eq!(first.len(), 11);
         assert!((first[0] - 0.002).abs() < 1e-12 && (first[10] - 80.0).abs() < 1e-9, "{first:?}");
         assert_eq!(o.levels_at(125).len(), 21);
         assert_eq!(o.levels_at(999).len(), 1281);
-        let predefined = PredefinedLevels::new(&Karras::default(), 1281);
-        let poly = objective(
-            LevelChoice::Polynomial { placement: PolynomialLevels::default(), predefined: predefined.clone() },
-            Curriculum::Sinusoidal(SinusoidalCurriculum::default()),
-        );
+        let poly = objective(LevelChoice::Polynomial(PolynomialLevels::default()), Curriculum::Sinusoidal(SinusoidalCurriculum::default()));
+        // One vector of the curriculum's largest size over the schedule's range.
+        let predefined = poly.predefined();
+        let all = predefined.all();
+        assert_eq!(all.len(), 1280);
+        assert!((all[0] - 0.002).abs() < 1e-12 && (all[1279] - 80.0).abs() < 1e-9);
         for step in [0, 300, 700] {
             let levels = poly.levels_at(step);
             assert_eq!(levels.len(), SinusoidalCurriculum::default().levels(step as usize, 1000));
@@ -245,10 +354,9 @@ mod tests {
         let _rng = crate::lock_backend_rng();
         let device = Default::default();
         <crate::TestBackend as Backend>::seed(&device, 9);
-        let predefined = PredefinedLevels::new(&Karras::default(), 1281);
         for o in [
-            objective(LevelChoice::Schedule, Curriculum::Ict(IctCurriculum::default())),
-            objective(LevelChoice::Polynomial { placement: PolynomialLevels::default(), predefined }, Curriculum::Sinusoidal(SinusoidalCurriculum::default())),
+            objective(LevelChoice::Schedule {}, Curriculum::Ict(IctCurriculum::default())),
+            objective(LevelChoice::Polynomial(PolynomialLevels::default()), Curriculum::Sinusoidal(SinusoidalCurriculum::default())),
         ] {
             for step in [0, 130, 600] {
                 let levels: Vec<f32> = o.levels_at(step).iter().map(|&s| s as f32).collect();
@@ -278,7 +386,7 @@ mod tests {
         crate::trainer::materialize(&net);
         let x0 = Tensor::<TestAutodiffBackend, 4>::random([2, 1, 8, 8], burn::tensor::Distribution::Uniform(-1.0, 1.0), &device);
         let noise = Tensor::random([2, 1, 8, 8], burn::tensor::Distribution::Normal(0.0, 1.0), &device);
-        let o = objective(LevelChoice::Schedule, Curriculum::Ict(IctCurriculum::default()));
+        let o = objective(LevelChoice::Schedule {}, Curriculum::Ict(IctCurriculum::default()));
         let level = || Tensor::<TestAutodiffBackend, 1>::from_floats([0.7, 3.0], &device);
         let (student, teacher) = o.outputs(&net, ObjectiveInput { x0, noise, labels: None, step: 0 }, level(), level());
         let (a, b): (Vec<f32>, Vec<f32>) = (student.into_data().to_vec().unwrap(), teacher.into_data().to_vec().unwrap());

@@ -7,9 +7,11 @@
 //! optimiser step whatever `train.micro_batch` is, so micro-batching does not change it.
 
 use burn::prelude::*;
+use emulsion_config::Invalid;
 use emulsion_models::{FdmBase, FdmScale, Network, Precond};
 use emulsion_schedule::process::edm_sigma_tensor;
 use emulsion_schedule::Schedule;
+use serde::{Deserialize, Serialize};
 
 use super::edm::{denoising_error, loss_weight};
 use super::ObjectiveInput;
@@ -36,13 +38,104 @@ impl Fdm {
     pub fn loss_at<B: Backend, N: Network<B>>(&self, net: &N, input: ObjectiveInput<B>, sigma: Tensor<B, 1>) -> Tensor<B, 1> {
         let weight = match self.base {
             FdmBase::Edm { sigma_data } => loss_weight(sigma.clone(), sigma_data),
-            FdmBase::Vp | FdmBase::Ve => sigma.clone().powf_scalar(2.0).recip(),
+            FdmBase::Vp {} | FdmBase::Ve {} => sigma.clone().powf_scalar(2.0).recip(),
         };
         let weight = match self.warmup.clamp_at(input.step) {
             Some(clamp) => weight.clamp_max(clamp),
             None => weight,
         };
         denoising_error(&self.precond(), net, input, sigma) * weight
+    }
+}
+
+/// `[diffusion.objective]` with `type = "fdm"`. The scale's multiplier, noise range and the
+/// warm-up default to the chosen base's official values, hence `Option`s here rather than an
+/// [`FdmScale`] of fixed defaults.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FdmConfig {
+    /// Whose `c_skip`, `c_out` and loss weight FDM keeps: `edm` (with its `sigma_data`), `vp`
+    /// or `ve`.
+    pub base: FdmBase,
+    /// `m` in `e^{−mB}(1 + mB)`; default 2 (the official CLI). VE-FDM has none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub multiplier: Option<f64>,
+    pub beta_min: f64,
+    pub beta_d: f64,
+    /// The noise range `τ = (s − s_min)/(s_max − s_min)` is measured over; default the base's
+    /// official range (EDM [0.002, 80], VP [0.001, 152.3], VE [0.02, 100]), whatever
+    /// `lambda_min`/`lambda_max` say: τ decides where the scale falls from 1 to 0.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sigma_min: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sigma_max: Option<f64>,
+    /// Steps over which the loss-weight clamp grows from 5 to 500; default 200 for `edm`, 400
+    /// for `vp` and `ve` (the official values); 0 never clamps.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub warmup: Option<u64>,
+}
+
+impl Default for FdmConfig {
+    fn default() -> Self {
+        let scale = FdmScale::default();
+        Self { base: FdmBase::default(), multiplier: None, beta_min: scale.beta_min, beta_d: scale.beta_d, sigma_min: None, sigma_max: None, warmup: None }
+    }
+}
+
+impl FdmConfig {
+    /// sail-sg/FDM's noise ranges: EDM's; VP's `s(t) = √(e^{β_d t²/2 + β_min t} − 1)` at
+    /// `t = 10⁻⁵` and 1 (β_d = 19.9, β_min = 0.1); VE's.
+    pub fn official_sigma_range(base: FdmBase) -> (f64, f64) {
+        let vp_sigma = |t: f64| ((0.5 * 19.9 * t * t + 0.1 * t).exp() - 1.0).sqrt();
+        match base {
+            FdmBase::Edm { .. } => (0.002, 80.0),
+            FdmBase::Vp {} => (vp_sigma(1e-5), vp_sigma(1.0)),
+            FdmBase::Ve {} => (0.02, 100.0),
+        }
+    }
+
+    /// The `[s_min, s_max]` of τ: the configured one, else the base's official range.
+    pub fn sigma_range(&self) -> (f64, f64) {
+        let (official_min, official_max) = Self::official_sigma_range(self.base);
+        (self.sigma_min.unwrap_or(official_min), self.sigma_max.unwrap_or(official_max))
+    }
+
+    /// The objective on `schedule` (the training levels).
+    pub fn init(&self, schedule: Schedule) -> Fdm {
+        let (default_multiplier, default_warmup) = match self.base {
+            FdmBase::Edm { .. } => (FdmScale::default().multiplier, 200),
+            FdmBase::Vp {} => (FdmScale::default().multiplier, 400),
+            FdmBase::Ve {} => (1.0, 400),
+        };
+        let (sigma_min, sigma_max) = self.sigma_range();
+        let scale = FdmScale { beta_min: self.beta_min, beta_d: self.beta_d, multiplier: self.multiplier.unwrap_or(default_multiplier), sigma_min, sigma_max };
+        Fdm { schedule, base: self.base, scale, warmup: LossClampWarmup { warmup: self.warmup.unwrap_or(default_warmup) } }
+    }
+
+    /// Checks what serde cannot; keys are relative to the section.
+    pub fn validate(&self) -> Result<(), Invalid> {
+        if let FdmBase::Edm { sigma_data } = self.base {
+            emulsion_config::positive("base.sigma_data", sigma_data)?;
+        }
+        if let Some(m) = self.multiplier {
+            if self.base == (FdmBase::Ve {}) {
+                return Err(Invalid::new("multiplier", "VE-FDM has no multiplier (the official VE-FDM scales by e^{-B}(1 + B))"));
+            }
+            emulsion_config::positive("multiplier", m)?;
+        }
+        for (key, v) in [("beta_min", self.beta_min), ("beta_d", self.beta_d)] {
+            if !(v.is_finite() && v >= 0.0) {
+                return Err(Invalid::new(key, format!("must be a finite number ≥ 0, got {v}")));
+            }
+        }
+        if self.beta_min + self.beta_d == 0.0 {
+            return Err(Invalid::new("beta_d", "beta_min and beta_d are both 0, so FDM would not scale the input at all"));
+        }
+        let (lo, hi) = self.sigma_range();
+        if !(lo.is_finite() && hi.is_finite() && 0.0 <= lo && lo < hi) {
+            return Err(Invalid::new("sigma_min", format!("[sigma_min, sigma_max] = [{lo}, {hi}] must be finite, increasing and not negative")));
+        }
+        Ok(())
     }
 }
 
@@ -89,8 +182,8 @@ mod tests {
     fn hand_coefficients(base: FdmBase, s: f64) -> (f64, f64, f64) {
         match base {
             FdmBase::Edm { sigma_data: sd } => (sd * sd / (s * s + sd * sd), s * sd / (s * s + sd * sd).sqrt(), (s * s + sd * sd) / (s * sd).powi(2)),
-            FdmBase::Vp => (1.0, -s, 1.0 / (s * s)),
-            FdmBase::Ve => (1.0, s, 1.0 / (s * s)),
+            FdmBase::Vp {} => (1.0, -s, 1.0 / (s * s)),
+            FdmBase::Ve {} => (1.0, s, 1.0 / (s * s)),
         }
     }
 
@@ -107,7 +200,7 @@ mod tests {
         let sigmas = [0.02f32, 0.3, 2.0, 40.0];
         let x0v: Vec<f32> = x0.clone().into_data().to_vec().unwrap();
         let ev: Vec<f32> = noise.clone().into_data().to_vec().unwrap();
-        for base in [FdmBase::Edm { sigma_data: 0.5 }, FdmBase::Vp, FdmBase::Ve] {
+        for base in [FdmBase::Edm { sigma_data: 0.5 }, FdmBase::Vp {}, FdmBase::Ve {}] {
             let o = objective(base);
             for step in [0u64, 100, 200] {
                 let input = ObjectiveInput { x0: x0.clone(), noise: noise.clone(), labels: None, step };
@@ -133,7 +226,7 @@ mod tests {
         let (_, x0, noise) = untrained_case(5, 3);
         let (x0v, ev): (Vec<f32>, Vec<f32>) = (x0.clone().into_data().to_vec().unwrap(), noise.clone().into_data().to_vec().unwrap());
         let sigmas = [0.5f64, 20.0, 60.0];
-        let o = Fdm { warmup: LossClampWarmup { warmup: 0 }, ..objective(FdmBase::Vp) };
+        let o = Fdm { warmup: LossClampWarmup { warmup: 0 }, ..objective(FdmBase::Vp {}) };
         let input = ObjectiveInput { x0, noise, labels: None, step: 0 };
         let got: Vec<f32> = o.loss_at(&EchoInput::new(), input, Tensor::from_floats(sigmas.map(|s| s as f32), &Default::default())).into_data().to_vec().unwrap();
         for (i, &s) in sigmas.iter().enumerate() {
@@ -153,7 +246,7 @@ mod tests {
         let (x0v, ev): (Vec<f32>, Vec<f32>) = (x0.clone().into_data().to_vec().unwrap(), noise.clone().into_data().to_vec().unwrap());
         let sigmas = [0.1f64, 3.0];
         let step = 50;
-        for base in [FdmBase::Edm { sigma_data: 0.5 }, FdmBase::Vp] {
+        for base in [FdmBase::Edm { sigma_data: 0.5 }, FdmBase::Vp {}] {
             let o = objective(base);
             let net = FreeOutput::random(x0.dims(), 7);
             let theta = net.values();

@@ -10,15 +10,14 @@ pub mod flow;
 pub mod vp;
 
 use burn::prelude::*;
-use emulsion_models::{Network, Precond};
 use emulsion_config::Invalid;
+use emulsion_models::{Network, Precond};
 use emulsion_schedule::Schedule;
+use serde::{Deserialize, Serialize};
 
-use crate::config::{Config, ObjectiveKind};
-
-pub use consistency::{ConsistencyTraining, Curriculum, LevelChoice};
+pub use consistency::{ConsistencyTraining, CtConfig, Curriculum, LevelChoice};
 pub use edm::Edm;
-pub use fdm::{Fdm, LossClampWarmup};
+pub use fdm::{Fdm, FdmConfig, LossClampWarmup};
 pub use flow::Flow;
 pub use vp::{Vp, VpTarget};
 
@@ -36,7 +35,74 @@ pub struct ObjectiveInput<B: Backend> {
     pub step: u64,
 }
 
-/// The objectives, by configuration.
+/// `[diffusion.objective]`: what the network learns, as a name (`objective = "edm"`, its
+/// defaults) or a table with `type` and that objective's own keys. [`ObjectiveConfig::init`]
+/// puts it on the training schedule, as a Burn `Config` is initialised into its module.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(remote = "Self", tag = "type", rename_all = "lowercase", deny_unknown_fields)]
+pub enum ObjectiveConfig {
+    /// Variance-preserving diffusion, MSE on `target`.
+    Vp {
+        #[serde(default)]
+        target: VpTarget,
+    },
+    /// EDM: preconditioned denoiser, weighted MSE (Karras et al. 2022).
+    Edm {
+        /// The data standard deviation `s_d`.
+        #[serde(default = "emulsion_models::precond::default_sigma_data")]
+        sigma_data: f64,
+    },
+    /// Rectified flow / flow matching: MSE on the velocity `ε − x₀`.
+    Flow {},
+    /// Fast Diffusion Model (Wu et al. 2023) on a base preconditioning.
+    Fdm(FdmConfig),
+    /// Consistency training (iCT, Song & Dhariwal 2023; Gokmen et al. 2024).
+    Ct(CtConfig),
+}
+
+emulsion_config::tagged_section!(ObjectiveConfig, "an objective's name (`vp`, `edm`, `flow`, `fdm` or `ct`), or a table with `type` and its keys");
+
+impl Default for ObjectiveConfig {
+    fn default() -> Self {
+        ObjectiveConfig::Vp { target: VpTarget::Eps }
+    }
+}
+
+impl ObjectiveConfig {
+    /// The name configs use.
+    pub fn name(&self) -> &'static str {
+        match self {
+            ObjectiveConfig::Vp { .. } => "vp",
+            ObjectiveConfig::Edm { .. } => "edm",
+            ObjectiveConfig::Flow {} => "flow",
+            ObjectiveConfig::Fdm(_) => "fdm",
+            ObjectiveConfig::Ct(_) => "ct",
+        }
+    }
+
+    /// Checks what serde cannot; keys are relative to the section.
+    pub fn validate(&self) -> Result<(), Invalid> {
+        match self {
+            ObjectiveConfig::Vp { .. } | ObjectiveConfig::Flow {} => Ok(()),
+            ObjectiveConfig::Edm { sigma_data } => emulsion_config::positive("sigma_data", *sigma_data),
+            ObjectiveConfig::Fdm(fdm) => fdm.validate(),
+            ObjectiveConfig::Ct(ct) => ct.validate(),
+        }
+    }
+
+    /// The objective on `schedule` (the training levels) for a run of `total_steps` steps.
+    pub fn init(&self, schedule: Schedule, total_steps: u64) -> Objective {
+        match self {
+            ObjectiveConfig::Vp { target } => Objective::Vp(Vp { schedule, target: *target }),
+            ObjectiveConfig::Edm { sigma_data } => Objective::Edm(Edm { schedule, sigma_data: *sigma_data }),
+            ObjectiveConfig::Flow {} => Objective::Flow(Flow { schedule }),
+            ObjectiveConfig::Fdm(fdm) => Objective::Fdm(fdm.init(schedule)),
+            ObjectiveConfig::Ct(ct) => Objective::Consistency(ct.init(schedule, total_steps)),
+        }
+    }
+}
+
+/// An objective on its schedule, ready to give losses.
 #[derive(Debug, Clone)]
 pub enum Objective {
     Vp(Vp),
@@ -47,21 +113,6 @@ pub enum Objective {
 }
 
 impl Objective {
-    /// The objective `config` describes; the error names the `diffusion` key that rules it out
-    /// (a loaded [`Config`] has been checked already).
-    pub fn from_config(config: &Config) -> Result<Self, Invalid> {
-        let d = &config.diffusion;
-        let schedule = d.schedule().map_err(|e| e.within("diffusion"))?;
-        let sigma_data = d.sigma_data.unwrap_or(DEFAULT_SIGMA_DATA);
-        Ok(match d.objective {
-            ObjectiveKind::Vp => Objective::Vp(Vp { schedule, target: d.target.unwrap_or_default() }),
-            ObjectiveKind::Edm => Objective::Edm(Edm { schedule, sigma_data }),
-            ObjectiveKind::Flow => Objective::Flow(Flow { schedule }),
-            ObjectiveKind::Fdm => Objective::Fdm(d.fdm().objective(schedule, sigma_data)),
-            ObjectiveKind::Ct => Objective::Consistency(d.ct().objective(schedule, sigma_data, config.train.steps as u64)),
-        })
-    }
-
     /// Unreduced per-sample losses, `[N]`.
     pub fn loss<B: Backend, N: Network<B>>(&self, net: &N, input: ObjectiveInput<B>) -> Tensor<B, 1> {
         match self {
@@ -95,9 +146,6 @@ impl Objective {
         }
     }
 }
-
-/// EDM's `s_d` for images scaled to [−1, 1].
-pub const DEFAULT_SIGMA_DATA: f64 = 0.5;
 
 /// The mean over all but the first dimension: `[N, C, H, W]` → `[N]`.
 pub(crate) fn mean_per_sample<B: Backend>(x: Tensor<B, 4>) -> Tensor<B, 1> {

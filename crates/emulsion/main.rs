@@ -5,6 +5,7 @@
 
 mod device;
 mod kernel_cache;
+mod progress;
 mod sweep_runner;
 
 use std::path::{Path, PathBuf};
@@ -12,6 +13,9 @@ use std::time::Instant;
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
+use tracing_subscriber::layer::SubscriberExt as _;
+use tracing_subscriber::util::SubscriberInitExt as _;
+use tracing_subscriber::Layer as _;
 use clap::{Args, Parser, Subcommand};
 use emulsion_train::config::{DeviceChoice, SamplerKind};
 use emulsion_train::{Config, Resume, SampleRequest, TrainOptions};
@@ -263,11 +267,25 @@ fn main() -> ExitCode {
     let filter = tracing_subscriber::EnvFilter::try_from_env("EMULSION_LOG")
         .or_else(|_| tracing_subscriber::EnvFilter::try_from_default_env())
         .unwrap_or_else(|_| DEFAULT_LOG.into());
-    // Plain lines, without colour codes, where stderr is a file or a pipe.
-    let colour = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(colour).without_time().with_target(false).init();
+    // Progress events are for the bars, never log lines.
+    let filter = filter.add_directive("emulsion::progress=off".parse().expect("a valid directive"));
+    // On a terminal: colour, and progress bars with the log printed above them. Elsewhere (a
+    // file, a pipe): plain lines, and the periodic info lines are the progress.
+    let terminal = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let log = tracing_subscriber::fmt::layer().with_ansi(terminal).without_time().with_target(false);
+    if terminal {
+        let bars = progress::install();
+        let progress_only = tracing_subscriber::filter::Targets::new().with_target(emulsion_train::progress::TARGET, tracing::Level::TRACE);
+        tracing_subscriber::registry()
+            .with(log.with_writer(progress::AboveBars(bars.clone())).with_filter(filter))
+            .with(progress::Bars::new(bars).with_filter(progress_only))
+            .init();
+    } else {
+        tracing_subscriber::registry().with(log.with_writer(std::io::stderr).with_filter(filter)).init();
+    }
     let cli = Cli::parse();
     if let Err(error) = use_kernel_cache(cli.kernel_cache.as_deref()) {
+        progress::clear();
         eprintln!("error: {error:#}");
         return ExitCode::from(1);
     }
@@ -284,6 +302,7 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
+            progress::clear();
             eprintln!("error: {error:#}");
             ExitCode::from(1)
         }

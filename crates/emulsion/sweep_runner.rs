@@ -60,21 +60,26 @@ pub fn run_all(base: &Path, runs: Vec<SweepRun>, devices: &[DeviceSlot]) -> Resu
     let total = runs.len();
     let queue = Mutex::new(runs.into_iter().enumerate().collect::<VecDeque<_>>());
     let failures = Mutex::new(Vec::new());
+    let finished = std::sync::atomic::AtomicU64::new(0);
+    emulsion_train::progress::report("sweep", 0, total as u64);
     let side_by_side = devices.len() > 1;
     let slots: Vec<Option<DeviceSlot>> = if devices.is_empty() { vec![None] } else { devices.iter().copied().map(Some).collect() };
     std::thread::scope(|scope| {
         for device in slots {
-            let (queue, failures, exe) = (&queue, &failures, &exe);
+            let (queue, failures, exe, finished) = (&queue, &failures, &exe, &finished);
             scope.spawn(move || loop {
                 let Some((index, run)) = queue.lock().expect("not poisoned").pop_front() else { break };
                 let on = device.map(|d| format!(" on {d}")).unwrap_or_default();
-                eprintln!("[{}/{total}] {} seed {}{on}", index + 1, run.combination, run.seed);
+                crate::progress::eprintln(&format!("[{}/{total}] {} seed {}{on}", index + 1, run.combination, run.seed));
                 let started = Instant::now();
-                if let Err(e) = train_one(exe, base, &run, device, side_by_side) {
-                    eprintln!("[{}/{total}] {} seed {} failed: {e:#}", index + 1, run.combination, run.seed);
+                let result = train_one(exe, base, &run, device, side_by_side);
+                let done = finished.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+                emulsion_train::progress::report("sweep", done, total as u64);
+                if let Err(e) = result {
+                    crate::progress::eprintln(&format!("[{}/{total}] {} seed {} failed: {e:#}", index + 1, run.combination, run.seed));
                     failures.lock().expect("not poisoned").push(format!("{} seed {}: {e:#}", run.combination, run.seed));
                     if side_by_side && started.elapsed() < START_FAILURE {
-                        eprintln!("{on}: a run failed to start there; it takes no more runs");
+                        crate::progress::eprintln(&format!("{on}: a run failed to start there; it takes no more runs"));
                         break;
                     }
                 }
@@ -104,7 +109,19 @@ fn train_one(exe: &Path, base: &Path, run: &SweepRun, device: Option<DeviceSlot>
         let file = std::fs::OpenOptions::new().create(true).append(true).open(&log).with_context(|| format!("opening {}", log.display()))?;
         command.stdout(Stdio::from(file.try_clone()?)).stderr(Stdio::from(file));
     }
-    let status = command.status().context("starting emulsion train")?;
+    // On a terminal, the run's lines are printed above the sweep's bar (the run itself then
+    // draws no bar of its own).
+    let relay = !to_log && std::io::IsTerminal::is_terminal(&std::io::stderr());
+    if relay {
+        command.stderr(Stdio::piped());
+    }
+    let mut child = command.spawn().context("starting emulsion train")?;
+    if let Some(stderr) = child.stderr.take() {
+        for line in std::io::BufRead::lines(std::io::BufReader::new(stderr)).map_while(std::result::Result::ok) {
+            crate::progress::eprintln(&line);
+        }
+    }
+    let status = child.wait().context("waiting for emulsion train")?;
     anyhow::ensure!(status.success(), "emulsion train exited with {status}");
     Ok(())
 }

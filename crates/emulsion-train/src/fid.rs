@@ -25,6 +25,7 @@ pub fn progress_lines(label: &str) -> impl FnMut(usize, usize) + '_ {
     let started = Instant::now();
     let mut reported = 0;
     move |done, total| {
+        crate::progress::report(label, done as u64, total as u64);
         let tenth = if total == 0 { 10 } else { 10 * done / total };
         if tenth <= reported && done < total {
             return;

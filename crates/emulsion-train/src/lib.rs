@@ -27,6 +27,7 @@ pub mod metrics;
 pub mod monitor;
 pub mod objective;
 pub mod optim;
+pub mod progress;
 pub mod record_check;
 pub mod run;
 pub mod schedule_report;

@@ -200,6 +200,7 @@ where
             output.item.skipped_steps = guard.skipped.total;
             let item = TrainingItem::new(output.item, batches.progress(), whole_run.clone(), Some(step as usize), Some(learner.lr_current()));
             event_processor.process_train(LearnerEvent::ProcessedItem(item));
+            crate::progress::report("train", step, plan.total_steps);
             if journal_line_due(step, plan.log_every, plan.total_steps) {
                 window = JournalWindow::default();
             }

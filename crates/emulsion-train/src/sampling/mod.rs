@@ -53,10 +53,14 @@ pub struct NetDenoiser<'a, B: Backend, N: Network<B>> {
     /// Clamp `D` to the data range `[-1, 1]` (DDPM's `clip_denoised`): at low SNR an
     /// ε-prediction error is multiplied by `s` in `D = x − s ε̂`.
     pub clip_denoised: bool,
+    /// The sampler's falling noise levels: progress is how many lie above the one denoised.
+    pub levels: &'a [f64],
 }
 
 impl<B: Backend, N: Network<B>> Denoise<B> for NetDenoiser<'_, B, N> {
     fn denoise(&self, x: Tensor<B, 4>, sigma: f64) -> Tensor<B, 4> {
+        let above = self.levels.iter().take_while(|&&s| s > sigma).count();
+        crate::progress::report("sample", above as u64, self.levels.len().saturating_sub(1) as u64);
         let n = x.dims()[0];
         let device = x.device();
         let sigma = || Tensor::full([n], sigma, &device);
@@ -112,10 +116,11 @@ pub fn generate<B: Backend, N: Network<B>>(
         labels: grid_labels(images, net.num_classes(), device),
         guidance: options.guidance,
         clip_denoised: options.clip_denoised,
+        levels: &sigmas,
     };
     let shape = x.shape();
     let mut noise = || Tensor::random(shape.clone(), Distribution::Normal(0.0, 1.0), device);
-    match options.sampler {
+    let images = match options.sampler {
         SamplerKind::Ddim => sample_ddim(&denoiser, x, &sigmas, options.eta, &mut noise),
         SamplerKind::Ddpm => sample_ddpm(&denoiser, x, &sigmas, &mut noise),
         SamplerKind::Euler => sample_euler(&denoiser, x, &sigmas),
@@ -129,7 +134,10 @@ pub fn generate<B: Backend, N: Network<B>>(
             };
             sample_consistency(&denoiser, x, &sigmas, s_min, &mut noise)
         }
-    }
+    };
+    let steps = sigmas.len().saturating_sub(1) as u64;
+    crate::progress::report("sample", steps, steps);
+    images
 }
 
 #[cfg(test)]

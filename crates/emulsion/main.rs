@@ -17,7 +17,8 @@ use tracing_subscriber::layer::SubscriberExt as _;
 use tracing_subscriber::util::SubscriberInitExt as _;
 use tracing_subscriber::Layer as _;
 use clap::{Args, Parser, Subcommand};
-use emulsion_train::config::{DeviceChoice, SamplerKind};
+use emulsion_sample::SamplerKind;
+use emulsion_train::config::DeviceChoice;
 use emulsion_train::{Config, Resume, SampleRequest, TrainOptions};
 
 #[derive(Parser)]
@@ -275,7 +276,7 @@ fn main() -> ExitCode {
     let log = tracing_subscriber::fmt::layer().with_ansi(terminal).without_time().with_target(false);
     if terminal {
         let bars = progress::install();
-        let progress_only = tracing_subscriber::filter::Targets::new().with_target(emulsion_train::progress::TARGET, tracing::Level::TRACE);
+        let progress_only = tracing_subscriber::filter::Targets::new().with_target(emulsion_sample::progress::TARGET, tracing::Level::TRACE);
         tracing_subscriber::registry()
             .with(log.with_writer(progress::AboveBars(bars.clone())).with_filter(filter))
             .with(progress::Bars::new(bars).with_filter(progress_only))
@@ -382,7 +383,7 @@ fn fid(args: FidArgs) -> Result<()> {
         "give two image sets to compare, or one with --save-stats OUT.npz"
     );
     let backend = device::resolve(args.device)?;
-    let needs_network = args.paths.iter().any(|p| !emulsion_train::fid::is_stats_file(p));
+    let needs_network = args.paths.iter().any(|p| !emulsion_report::fid::is_stats_file(p));
     if needs_network {
         eprintln!("device: {}", backend.describe());
     }
@@ -392,8 +393,8 @@ fn fid(args: FidArgs) -> Result<()> {
         args.paths
             .iter()
             .map(|p| {
-                let loaded = inception.as_ref().map(|net| emulsion_train::fid::LoadedInception { net, weights: &args.weights });
-                emulsion_train::fid::stats_of_path::<B>(p, loaded, args.limit, args.batch, &device)
+                let loaded = inception.as_ref().map(|net| emulsion_report::fid::LoadedInception { net, weights: &args.weights });
+                emulsion_report::fid::stats_of_path::<B>(p, loaded, args.limit, args.batch, &device)
                     .with_context(|| format!("statistics of {}", p.display()))
             })
             .collect::<Result<Vec<_>>>()?
@@ -411,7 +412,7 @@ fn fid(args: FidArgs) -> Result<()> {
 }
 
 fn sweep(args: SweepArgs) -> Result<()> {
-    use emulsion_train::sweep::{run_result, run_status, write_summary, RunStatus, Sweep};
+    use emulsion_report::sweep::{run_result, run_status, write_summary, RunStatus, Sweep};
     let sweep = Sweep::load(&args.file)?;
     let runs = sweep.configs(&args.file)?;
     let statuses: Vec<RunStatus> = runs.iter().map(|(_, config)| run_status(config)).collect();
@@ -450,7 +451,7 @@ fn sweep(args: SweepArgs) -> Result<()> {
 
 /// Keeps copies of the sweep file and its base config in the sweep folder, and warns when they
 /// changed since an earlier start: finished runs keep what they were trained with.
-fn record_sweep_files(sweep: &emulsion_train::sweep::Sweep, file: &std::path::Path) -> Result<()> {
+fn record_sweep_files(sweep: &emulsion_report::sweep::Sweep, file: &std::path::Path) -> Result<()> {
     for (source, copy) in [(file, "sweep.toml"), (sweep.base.as_path(), "base.toml")] {
         let text = std::fs::read_to_string(source).with_context(|| format!("reading {}", source.display()))?;
         let copy = sweep.root.join(copy);
@@ -474,7 +475,7 @@ fn record_sweep_files(sweep: &emulsion_train::sweep::Sweep, file: &std::path::Pa
 }
 
 fn schedule(command: ScheduleCommand) -> Result<()> {
-    use emulsion_train::schedule_report;
+    use emulsion_report::schedule_report;
     match command {
         ScheduleCommand::Dump { name, t, settings } => {
             let ts = schedule_report::check_ts(t).map_err(anyhow::Error::msg)?;
@@ -498,12 +499,12 @@ fn bench_train(args: BenchTrainArgs, started: Instant) -> Result<()> {
     if let Some(device) = args.device {
         config.run.device = device;
     }
-    let options = emulsion_train::bench::TrainBenchOptions { steps: args.steps, warmup: args.warmup, window: args.window };
+    let options = emulsion_report::bench::TrainBenchOptions { steps: args.steps, warmup: args.warmup, window: args.window };
     options.validate().map_err(|e| anyhow::anyhow!("--steps {}: {e}", args.steps))?;
     let backend = device::resolve(config.run.device)?;
     eprintln!("device: {}", backend.describe());
     let mut report = on_backend!(backend, B => {
-        emulsion_train::bench::bench_train::<burn::backend::Autodiff<B>>(&config, &Default::default(), &options, started, &|| device::memory_mib(backend))
+        emulsion_report::bench::bench_train::<burn::backend::Autodiff<B>>(&config, &Default::default(), &options, started, &|| device::memory_mib(backend))
     })
     .with_context(|| format!("benchmarking {}", args.config.display()))?;
     report.config = args.config.display().to_string();
@@ -515,7 +516,7 @@ fn bench_fid(args: BenchFidArgs, started: Instant) -> Result<()> {
     let backend = device::resolve(args.device)?;
     eprintln!("device: {}", backend.describe());
     let mut report = on_backend!(backend, B => {
-        emulsion_train::bench::bench_fid::<B>(&args.weights, args.n, args.batch, args.size, &Default::default(), started, &|| device::memory_mib(backend))
+        emulsion_report::bench::bench_fid::<B>(&args.weights, args.n, args.batch, args.size, &Default::default(), started, &|| device::memory_mib(backend))
     })?;
     report.device = backend.describe().to_string();
     print_report(&report, args.json)

@@ -1,4 +1,4 @@
-//! Progress bars (`indicatif`) for the libraries' progress events (`emulsion_train::progress`),
+//! Progress bars (`indicatif`) for the libraries' progress events (`emulsion_sample::progress`),
 //! drawn only when stderr is a terminal. Log lines, and the lines of a sweep's runs, print above
 //! the bars. Elsewhere nothing is drawn, and the periodic info lines are the progress.
 
@@ -114,7 +114,7 @@ impl Visit for Progress {
 
 impl<S: tracing::Subscriber> Layer<S> for Bars {
     fn on_event(&self, event: &tracing::Event<'_>, _: Context<'_, S>) {
-        if event.metadata().target() != emulsion_train::progress::TARGET {
+        if event.metadata().target() != emulsion_sample::progress::TARGET {
             return;
         }
         let mut fields = Progress::default();
@@ -180,18 +180,18 @@ mod tests {
         }
         let subscriber = tracing_subscriber::registry().with(Shared(bars.clone()));
         tracing::subscriber::with_default(subscriber, || {
-            emulsion_train::progress::report("train", 3, 10);
-            emulsion_train::progress::report("FID samples", 0, 500);
-            emulsion_train::progress::report("train", 4, 10);
+            emulsion_sample::progress::report("train", 3, 10);
+            emulsion_sample::progress::report("FID samples", 0, 500);
+            emulsion_sample::progress::report("train", 4, 10);
             // Other events, and events without the fields, draw nothing.
             tracing::info!(task = "other", done = 1u64, total = 2u64, "not progress");
-            tracing::trace!(target: emulsion_train::progress::TARGET, task = "partial", done = 1u64);
+            tracing::trace!(target: emulsion_sample::progress::TARGET, task = "partial", done = 1u64);
         });
         assert_eq!(bars.shown("train"), Some((4, Some(10))));
         assert_eq!(bars.shown("FID samples"), Some((0, Some(500))));
         assert_eq!((bars.shown("other"), bars.shown("partial")), (None, None));
         tracing::subscriber::with_default(tracing_subscriber::registry().with(Shared(bars.clone())), || {
-            emulsion_train::progress::report("train", 10, 10);
+            emulsion_sample::progress::report("train", 10, 10);
         });
         assert_eq!(bars.shown("train"), None, "a finished task's bar is removed");
         assert!(bars.shown("FID samples").is_some());

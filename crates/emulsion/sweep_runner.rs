@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use clap::ValueEnum;
 use emulsion_train::config::DeviceChoice;
-use emulsion_train::sweep::SweepRun;
+use emulsion_report::sweep::SweepRun;
 
 /// A run that fails sooner than this did not start: its device slot takes no more runs.
 const START_FAILURE: Duration = Duration::from_secs(30);
@@ -61,7 +61,7 @@ pub fn run_all(base: &Path, runs: Vec<SweepRun>, devices: &[DeviceSlot]) -> Resu
     let queue = Mutex::new(runs.into_iter().enumerate().collect::<VecDeque<_>>());
     let failures = Mutex::new(Vec::new());
     let finished = std::sync::atomic::AtomicU64::new(0);
-    emulsion_train::progress::report("sweep", 0, total as u64);
+    emulsion_sample::progress::report("sweep", 0, total as u64);
     let side_by_side = devices.len() > 1;
     let slots: Vec<Option<DeviceSlot>> = if devices.is_empty() { vec![None] } else { devices.iter().copied().map(Some).collect() };
     std::thread::scope(|scope| {
@@ -74,7 +74,7 @@ pub fn run_all(base: &Path, runs: Vec<SweepRun>, devices: &[DeviceSlot]) -> Resu
                 let started = Instant::now();
                 let result = train_one(exe, base, &run, device, side_by_side);
                 let done = finished.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
-                emulsion_train::progress::report("sweep", done, total as u64);
+                emulsion_sample::progress::report("sweep", done, total as u64);
                 if let Err(e) = result {
                     crate::progress::eprintln(&format!("[{}/{total}] {} seed {} failed: {e:#}", index + 1, run.combination, run.seed));
                     failures.lock().expect("not poisoned").push(format!("{} seed {}: {e:#}", run.combination, run.seed));

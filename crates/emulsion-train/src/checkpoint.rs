@@ -4,16 +4,15 @@
 //! into place, and old ones are renamed away before they are deleted: a process killed at any
 //! moment leaves every visible checkpoint complete.
 
-use std::collections::HashMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Condvar, Mutex};
 
 use burn::module::Module;
 use burn::record::{FileRecorder, FullPrecisionSettings, NamedMpkBytesRecorder, NamedMpkFileRecorder, Record, Recorder};
 use burn::tensor::backend::Backend;
-use burn::train::checkpoint::{Checkpointer, CheckpointerError, CheckpointingAction, CheckpointingStrategy};
+use burn::train::checkpoint::{AsyncCheckpointer, Checkpointer, CheckpointerError, CheckpointingAction, CheckpointingStrategy};
 use burn::train::metric::store::EventStoreClient;
+use burn::train::{Interrupter, Learner, LearningCheckpointer, LearningComponentsTypes};
 use serde::{Deserialize, Serialize};
 
 use crate::data::order::DataPosition;
@@ -119,8 +118,6 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> CheckpointError + '_ {
 pub struct CheckpointStore {
     root: PathBuf,
     keep: usize,
-    parts: Mutex<HashMap<u64, Vec<Result<(), String>>>>,
-    part_done: Condvar,
     /// Writes one file; `std::fs::write` but where a test injects a failure.
     write: fn(&Path, &[u8]) -> std::io::Result<()>,
 }
@@ -139,7 +136,7 @@ impl CheckpointStore {
                 std::fs::remove_dir_all(entry.path()).map_err(io_err(&entry.path()))?;
             }
         }
-        Ok(Self { root: root.to_path_buf(), keep: keep.max(1), parts: Mutex::default(), part_done: Condvar::new(), write: |path, bytes| std::fs::write(path, bytes) })
+        Ok(Self { root: root.to_path_buf(), keep: keep.max(1), write: |path, bytes| std::fs::write(path, bytes) })
     }
 
     /// The same store with another file writer: fault injection for tests.
@@ -151,9 +148,39 @@ impl CheckpointStore {
     /// Writes `bytes` to `path` (a file of the staging folder); on failure removes the partial
     /// file and returns the operating system's error.
     fn write_file(&self, path: &Path, bytes: &[u8]) -> Result<(), std::io::Error> {
-        (self.write)(path, bytes).inspect_err(|_| {
-            let _ = std::fs::remove_file(path);
+        write_or_remove(self.write, path, bytes)
+    }
+
+    /// Writes the checkpoint of `state.step`: `learner`'s records (the network with its EMA,
+    /// the optimiser, the learning-rate scheduler), the loop `state` and the small `files`;
+    /// returns its folder once all of it is on disk, renamed into place (see the module doc).
+    pub fn save<LC: LearningComponentsTypes>(&self, learner: &Learner<LC>, state: &TrainState, files: &[(String, String)], events: &EventStoreClient) -> Result<PathBuf, CheckpointError> {
+        self.stage(state, files, |dir, failed| {
+            let mut checkpointer = LearningCheckpointer::<LC>::new(
+                StagedPart::spawn(dir, MODEL, self.write, failed),
+                StagedPart::spawn(dir, OPTIMIZER, self.write, failed),
+                StagedPart::spawn(dir, SCHEDULER, self.write, failed),
+                Box::new(SaveWhenAsked),
+            );
+            checkpointer.checkpoint(learner, state.step as usize, events);
         })
+    }
+
+    /// Stages the checkpoint of `state.step`, with the records that `records` writes into the
+    /// staging folder, and commits it.
+    ///
+    /// Burn hands a learner's records out only to its checkpointers, each of which writes on a
+    /// thread of its own and reports a failure through an interrupter. `records` drops them
+    /// before it returns, which joins their threads: every part is then written, or has failed.
+    fn stage(&self, state: &TrainState, files: &[(String, String)], records: impl FnOnce(&Path, &Interrupter)) -> Result<PathBuf, CheckpointError> {
+        let step = state.step;
+        self.begin(step)?;
+        let failed = Interrupter::new();
+        records(&self.staging_dir(step), &failed);
+        if failed.should_stop() {
+            return Err(self.abandon(step, failed.get_message().unwrap_or_else(|| "a record was not written".into())));
+        }
+        self.commit(state, files)
     }
 
     pub fn root(&self) -> &Path {
@@ -165,32 +192,12 @@ impl CheckpointStore {
     }
 
     /// Prepares an empty staging folder for `step`.
-    pub fn begin(&self, step: u64) -> Result<(), CheckpointError> {
+    fn begin(&self, step: u64) -> Result<(), CheckpointError> {
         let dir = self.staging_dir(step);
         if dir.exists() {
             std::fs::remove_dir_all(&dir).map_err(io_err(&dir))?;
         }
-        std::fs::create_dir_all(&dir).map_err(io_err(&dir))?;
-        self.parts.lock().expect("not poisoned").insert(step, Vec::new());
-        Ok(())
-    }
-
-    fn part_finished(&self, step: u64, result: Result<(), String>) {
-        self.parts.lock().expect("not poisoned").entry(step).or_default().push(result);
-        self.part_done.notify_all();
-    }
-
-    /// Waits until `parts` records of `step` are written; fails if any failed.
-    pub fn wait(&self, step: u64, parts: usize) -> Result<(), CheckpointError> {
-        let mut guard = self.parts.lock().expect("not poisoned");
-        while guard.get(&step).map_or(0, Vec::len) < parts {
-            guard = self.part_done.wait(guard).expect("not poisoned");
-        }
-        let results = guard.remove(&step).unwrap_or_default();
-        match results.into_iter().find_map(Result::err) {
-            Some(reason) => Err(self.abandon(step, reason)),
-            None => Ok(()),
-        }
+        std::fs::create_dir_all(&dir).map_err(io_err(&dir))
     }
 
     /// Removes the staging folder of a failed write; the error to report.
@@ -203,7 +210,7 @@ impl CheckpointStore {
     /// Adds the loop state and the small `files` (name, contents) to the staged records,
     /// flushes everything to disk, and renames the folder into place. Then drops the oldest
     /// checkpoints beyond `keep`.
-    pub fn commit(&self, state: &TrainState, files: &[(String, String)]) -> Result<PathBuf, CheckpointError> {
+    fn commit(&self, state: &TrainState, files: &[(String, String)]) -> Result<PathBuf, CheckpointError> {
         let staging = self.staging_dir(state.step);
         let state_json = serde_json::to_string_pretty(state).expect("state serialises");
         let staged = std::iter::once((STATE, state_json.as_str())).chain(files.iter().map(|(n, c)| (n.as_str(), c.as_str())));
@@ -323,7 +330,7 @@ impl Checkpoint {
         Ok(Self { dir: dir.to_path_buf(), state })
     }
 
-    /// A small file written with the checkpoint (see [`CheckpointStore::commit`]).
+    /// A small file written with the checkpoint (see [`CheckpointStore::save`]).
     pub fn read_file(&self, name: &str) -> Result<String, CheckpointError> {
         let path = self.dir.join(name);
         std::fs::read_to_string(&path).map_err(|source| CheckpointError::Io { path, source })
@@ -371,41 +378,51 @@ fn record_path(dir: &Path, part: &str) -> PathBuf {
     dir.join(format!("{part}.{}", <NamedMpkFileRecorder<FullPrecisionSettings> as FileRecorder<burn::backend::Flex>>::file_extension()))
 }
 
-/// Burn's checkpointer interface over the store: writes one part of a step's checkpoint into the
-/// step's staging folder and reports completion to the store (which also carries any error, so
-/// the background thread Burn runs this on never panics).
-pub struct StagedPart {
-    store: Arc<CheckpointStore>,
+/// Writes `bytes` to `path` with `write`; on failure removes the partial file.
+fn write_or_remove(write: fn(&Path, &[u8]) -> std::io::Result<()>, path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    write(path, bytes).inspect_err(|_| {
+        let _ = std::fs::remove_file(path);
+    })
+}
+
+/// Burn's checkpointer interface over a staging folder: writes one record of a checkpoint, and
+/// reports a failure (`model.mpk: No space left on device`) to the checkpoint's interrupter.
+struct StagedPart {
+    dir: PathBuf,
     part: &'static str,
+    write: fn(&Path, &[u8]) -> std::io::Result<()>,
+    failed: Interrupter,
 }
 
 impl StagedPart {
-    pub fn new(store: Arc<CheckpointStore>, part: &'static str) -> Self {
-        Self { store, part }
+    /// Burn's thread writing `part` into `dir`, reporting a failure to `failed`.
+    fn spawn<R: Record<B> + 'static, B: Backend>(dir: &Path, part: &'static str, write: fn(&Path, &[u8]) -> std::io::Result<()>, failed: &Interrupter) -> AsyncCheckpointer<R, B> {
+        AsyncCheckpointer::new(Self { dir: dir.to_path_buf(), part, write, failed: failed.clone() })
     }
 }
 
 impl<R: Record<B>, B: Backend> Checkpointer<R, B> for StagedPart {
-    fn save(&self, epoch: usize, record: R) -> Result<(), CheckpointerError> {
-        let step = epoch as u64;
-        let path = record_path(&self.store.staging_dir(step), self.part);
+    fn save(&self, _step: usize, record: R) -> Result<(), CheckpointerError> {
+        let path = record_path(&self.dir, self.part);
         let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        let result = CheckpointRecorder::new()
+        let written = CheckpointRecorder::new()
             .record(record, ())
-            .map_err(|e| format!("{name}: {e}"))
-            .and_then(|bytes| self.store.write_file(&path, &bytes).map_err(|e| format!("{name}: {e}")));
-        self.store.part_finished(step, result);
+            .map_err(|e| e.to_string())
+            .and_then(|bytes| write_or_remove(self.write, &path, &bytes).map_err(|e| e.to_string()));
+        if let Err(e) = written {
+            self.failed.stop(Some(&format!("{name}: {e}")));
+        }
         Ok(())
     }
 
-    /// Retention belongs to [`CheckpointStore::commit`], after the new checkpoint is in place.
-    fn delete(&self, _epoch: usize) -> Result<(), CheckpointerError> {
+    /// Retention belongs to the store's commit, after the new checkpoint is in place.
+    fn delete(&self, _step: usize) -> Result<(), CheckpointerError> {
         Ok(())
     }
 
-    fn restore(&self, epoch: usize, device: &B::Device) -> Result<R, CheckpointerError> {
-        load_part(&checkpoint_dir(self.store.root(), epoch as u64), self.part, |_| Ok(()), device)
-            .map_err(|e| CheckpointerError::Unknown(e.to_string()))
+    /// Checkpoints are read through [`Checkpoint`], checked first.
+    fn restore(&self, _step: usize, _device: &B::Device) -> Result<R, CheckpointerError> {
+        Err(CheckpointerError::Unknown("a staged checkpoint is not read back".into()))
     }
 }
 
@@ -430,20 +447,25 @@ mod tests {
         dir
     }
 
-    fn write(store: &Arc<CheckpointStore>, step: u64) -> PathBuf {
-        store.begin(step).unwrap();
-        for part in [MODEL, OPTIMIZER, SCHEDULER] {
-            Checkpointer::<usize, TestBackend>::save(&StagedPart::new(store.clone(), part), step as usize, step as usize).unwrap();
-        }
-        store.wait(step, 3).unwrap();
+    /// Stages `step` with `usize` records, through Burn's checkpointer threads as `save` does.
+    fn stage(store: &CheckpointStore, step: u64) -> Result<PathBuf, CheckpointError> {
         let state = TrainState::new(step, 1, DataPosition { epoch: 0, offset: 0 }, 2 * step, 0.0);
-        store.commit(&state, &[("config.toml".into(), "x = 1\n".into())]).unwrap()
+        store.stage(&state, &[("config.toml".into(), "x = 1\n".into())], |dir, failed| {
+            for part in [MODEL, OPTIMIZER, SCHEDULER] {
+                let checkpointer: AsyncCheckpointer<usize, TestBackend> = StagedPart::spawn(dir, part, store.write, failed);
+                checkpointer.save(step as usize, step as usize).unwrap();
+            }
+        })
+    }
+
+    fn write(store: &CheckpointStore, step: u64) -> PathBuf {
+        stage(store, step).unwrap()
     }
 
     #[test]
     fn commits_are_listed_and_pruned_to_keep() {
         let root = tempdir("prune");
-        let store = Arc::new(CheckpointStore::open(&root, 2).unwrap());
+        let store = CheckpointStore::open(&root, 2).unwrap();
         for step in [10, 20, 30] {
             write(&store, step);
         }
@@ -459,7 +481,7 @@ mod tests {
     #[test]
     fn a_rewritten_step_replaces_the_old_one_and_is_never_pruned() {
         let root = tempdir("rewrite");
-        let store = Arc::new(CheckpointStore::open(&root, 2).unwrap());
+        let store = CheckpointStore::open(&root, 2).unwrap();
         for step in [10, 20, 30] {
             write(&store, step);
         }
@@ -471,7 +493,7 @@ mod tests {
         assert_eq!(steps, vec![20, 30]);
         assert!(std::fs::metadata(checkpoint_dir(&root, 20).join(STATE)).unwrap().modified().unwrap() > old_20, "step 20 was replaced");
         // With keep = 1 the step just written is the one kept, even though it is not the newest.
-        let one = Arc::new(CheckpointStore::open(&root, 1).unwrap());
+        let one = CheckpointStore::open(&root, 1).unwrap();
         write(&one, 20);
         assert_eq!(list(&root).unwrap().into_iter().map(|(s, _)| s).collect::<Vec<_>>(), vec![20]);
         // A commit that died after moving the old step aside: opening the store puts it back.
@@ -483,7 +505,7 @@ mod tests {
     #[test]
     fn leftovers_of_an_interrupted_write_are_invisible_and_cleared() {
         let root = tempdir("partial");
-        let store = Arc::new(CheckpointStore::open(&root, 3).unwrap());
+        let store = CheckpointStore::open(&root, 3).unwrap();
         write(&store, 5);
         // A write killed midway: staged, never committed.
         store.begin(9).unwrap();
@@ -496,23 +518,20 @@ mod tests {
     #[test]
     fn a_failed_write_reports_the_os_error_leaves_no_staging_and_keeps_the_previous_checkpoint() {
         let root = tempdir("full");
-        let store = Arc::new(CheckpointStore::open(&root, 1).unwrap());
+        let store = CheckpointStore::open(&root, 1).unwrap();
         write(&store, 3);
         // The disk fills up: every further write fails as a full disk does.
-        let full = Arc::new(CheckpointStore::open(&root, 1).unwrap().with_writer(|_, _| Err(std::io::Error::from_raw_os_error(28))));
-        full.begin(6).unwrap();
-        for part in [MODEL, OPTIMIZER, SCHEDULER] {
-            Checkpointer::<usize, TestBackend>::save(&StagedPart::new(full.clone(), part), 6, 6).unwrap();
-        }
-        let e = full.wait(6, 3).unwrap_err().to_string();
-        assert!(e.contains("No space left on device") && e.contains("step-00000006"), "{e}");
+        let full = CheckpointStore::open(&root, 1).unwrap().with_writer(|_, _| Err(std::io::Error::from_raw_os_error(28)));
+        let e = stage(&full, 6).unwrap_err().to_string();
+        assert!(e.contains("No space left on device") && e.contains(".mpk") && e.contains("step-00000006"), "{e}");
         assert!(!full.staging_dir(6).exists(), "no staging folder survives");
         // A failure while committing the state files, too.
-        full.begin(7).unwrap();
-        let state = TrainState::new(7, 1, DataPosition { epoch: 0, offset: 0 }, 7, 0.0);
-        let e = full.commit(&state, &[]).unwrap_err().to_string();
+        let state_only = CheckpointStore::open(&root, 1).unwrap().with_writer(|path, bytes| {
+            if path.ends_with(STATE) { Err(std::io::Error::from_raw_os_error(28)) } else { std::fs::write(path, bytes) }
+        });
+        let e = stage(&state_only, 7).unwrap_err().to_string();
         assert!(e.contains("state.json: No space left on device"), "{e}");
-        assert!(!full.staging_dir(7).exists());
+        assert!(!state_only.staging_dir(7).exists());
         let steps: Vec<u64> = list(&root).unwrap().into_iter().map(|(s, _)| s).collect();
         assert_eq!(steps, vec![3], "the previous checkpoint is kept");
     }
@@ -520,7 +539,7 @@ mod tests {
     #[test]
     fn impossible_states_are_rejected() {
         let root = tempdir("states");
-        let store = Arc::new(CheckpointStore::open(&root, 3).unwrap());
+        let store = CheckpointStore::open(&root, 3).unwrap();
         let dir = write(&store, 40);
         let state = std::fs::read_to_string(dir.join(STATE)).unwrap();
         for (from, to, expected) in [
@@ -536,7 +555,7 @@ mod tests {
     #[test]
     fn broken_checkpoints_are_reported_not_panicked_on() {
         let root = tempdir("broken");
-        let store = Arc::new(CheckpointStore::open(&root, 3).unwrap());
+        let store = CheckpointStore::open(&root, 3).unwrap();
         let dir = write(&store, 7);
         std::fs::write(record_path(&dir, OPTIMIZER), b"garbage").unwrap();
         let ckpt = Checkpoint::open(&dir).unwrap();

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use emulsion_assign::AssignConfig;
 use emulsion_config::Invalid;
 use emulsion_models::embedding::NoiseEmbedding;
+use emulsion_sample::{SampleConfig, SamplerKind};
 use emulsion_schedule::{Curve, Schedule};
 use serde::{Deserialize, Serialize};
 
@@ -305,80 +306,6 @@ impl Default for TrainConfig {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct SampleConfig {
-    pub sampler: SamplerKind,
-    /// Denoiser evaluations per image.
-    pub steps: usize,
-    /// DDIM's η: 0 is deterministic, 1 is ancestral (DDPM-like).
-    pub eta: f64,
-    /// Images in each periodic sample grid.
-    pub n: usize,
-    /// Seed of the sampling noise, fixed so grids are comparable across steps.
-    pub seed: u64,
-    /// Classifier-free guidance scale (conditional models); 1 is plain conditional sampling.
-    pub guidance: f64,
-    /// Clamp each denoised estimate to the data range [-1, 1], as DDPM and DDIM do.
-    pub clip_denoised: bool,
-    /// Where the sampler's noise levels sit between `diffusion.lambda_max` and `lambda_min`.
-    pub spacing: Spacing,
-    /// `ρ` of the `karras` spacing.
-    pub rho: f64,
-}
-
-impl Default for SampleConfig {
-    fn default() -> Self {
-        Self {
-            sampler: SamplerKind::Ddim,
-            steps: 50,
-            eta: 0.0,
-            n: 64,
-            seed: 0,
-            guidance: 1.0,
-            clip_denoised: true,
-            spacing: Spacing::Cosine,
-            rho: 7.0,
-        }
-    }
-}
-
-/// The discretisation samplers walk. It is separate from the training schedule because a
-/// training density such as Laplace concentrates levels where learning matters, not where a
-/// sampler needs its steps.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum Spacing {
-    /// Evenly spaced in `t` of the cosine schedule (with `diffusion.shift`).
-    #[default]
-    Cosine,
-    /// Evenly spaced in `t` of the training schedule (DDIM's usual choice for DDPM schedules).
-    Schedule,
-    /// Evenly spaced in `s^{1/ρ}` (EDM).
-    Karras,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[cfg_attr(feature = "clap", derive(clap::ValueEnum), value(rename_all = "lowercase"))]
-#[serde(rename_all = "lowercase")]
-pub enum SamplerKind {
-    /// DDIM (Song et al. 2021) with configurable η.
-    #[default]
-    Ddim,
-    /// DDPM ancestral sampling (Ho et al. 2020).
-    Ddpm,
-    /// Euler on the probability-flow ODE.
-    Euler,
-    /// EDM's 2nd-order Heun sampler (Karras et al. 2022, Algorithm 1).
-    Heun,
-    /// DPM-Solver++(2M) (Lu et al. 2022).
-    #[serde(rename = "dpmpp_2m")]
-    #[cfg_attr(feature = "clap", value(name = "dpmpp_2m"))]
-    Dpmpp2m,
-    /// Consistency-model sampling (Song et al. 2023): `steps` evaluations of `f`, for `ct`.
-    Consistency,
-}
-
 /// FID during training: every `fid_every` steps (and at the last), `fid_samples` images from
 /// the EMA weights against the statistics of the training images.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -636,17 +563,7 @@ impl Config {
             (OnNonFinite::Skip, Some(0)) => return Err(Invalid::new("train.max_skipped_steps", "must be at least 1")),
             _ => {}
         }
-        let s = &self.sample;
-        positive("sample.steps", s.steps)?;
-        positive("sample.n", s.n)?;
-        if !(s.eta >= 0.0) {
-            return Err(Invalid::new("sample.eta", format!("must be non-negative, got {}", s.eta)));
-        }
-        emulsion_config::positive("sample.rho", s.rho)?;
-        if !(s.guidance.is_finite() && s.guidance >= 0.0) {
-            return Err(Invalid::new("sample.guidance", format!("must be non-negative, got {}", s.guidance)));
-        }
-        Ok(())
+        self.sample.validate().map_err(|e| e.within("sample"))
     }
 
     /// `model.attn_resolutions`, or the side of the second resolution level when unset.
@@ -714,7 +631,7 @@ const TAGGED_SECTIONS: [&str; 5] =
 /// `"text"`), falling back to a bare string (`cosine`). A key inside a section given by name
 /// (`diffusion.schedule.b` where `schedule = "laplace"`) turns the name into its table,
 /// `{ type = "laplace" }`, first.
-pub(crate) fn apply_override(table: &mut toml::Table, arg: &str, root: &str) -> Result<String, ConfigError> {
+pub fn apply_override(table: &mut toml::Table, arg: &str, root: &str) -> Result<String, ConfigError> {
     let err = |message: &str| ConfigError::Override { arg: arg.to_string(), message: message.to_string() };
     let (key, raw) = arg.split_once('=').ok_or_else(|| err("expected KEY=VALUE, e.g. train.steps=2000"))?;
     let key = key.trim();
@@ -734,7 +651,7 @@ pub(crate) fn apply_override(table: &mut toml::Table, arg: &str, root: &str) -> 
         let entry = node.entry(part.to_string()).or_insert_with(|| toml::Value::Table(Default::default()));
         // A tagged section written as a name is the table that holds only its `type`.
         if let Some(name) = entry.as_str().filter(|_| TAGGED_SECTIONS.contains(&path.as_str())).map(str::to_string) {
-            *entry = toml::Value::Table(toml::Table::from_iter([(emulsion_config::TAG.to_string(), toml::Value::String(name))]));
+            *entry = toml::Value::Table(named_table(&name));
         }
         node = entry
             .as_table_mut()
@@ -742,6 +659,12 @@ pub(crate) fn apply_override(table: &mut toml::Table, arg: &str, root: &str) -> 
     }
     node.insert(parts[parts.len() - 1].to_string(), value);
     Ok(key.to_string())
+}
+
+/// Reads `table` as the section `prefix` (`diffusion`, or empty for a whole config); an error
+/// comes as the dotted key it concerns and the message.
+pub fn read_section<T: serde::de::DeserializeOwned>(table: &toml::Table, prefix: &str) -> Result<T, (String, String)> {
+    serde_path_to_error::deserialize(toml::Value::Table(table.clone())).map_err(|e| located_key(&e, table, prefix))
 }
 
 /// The dotted key and message of a deserialisation error over `table` (whose keys sit under
@@ -825,7 +748,7 @@ fn nested_section(table: &toml::Table, path: &str, holds: impl Fn(&toml::Table) 
         .find_map(|(name, value)| {
             let nested = match value {
                 toml::Value::Table(t) => t.clone(),
-                toml::Value::String(chosen) => toml::Table::from_iter([(emulsion_config::TAG.to_string(), toml::Value::String(chosen.clone()))]),
+                toml::Value::String(chosen) => named_table(chosen),
                 _ => return None,
             };
             holds(&nested).then(|| format!("{path}.{name}"))
@@ -841,7 +764,7 @@ fn upgrade_untagged_schedule(table: &mut toml::Table) -> bool {
         return false;
     }
     let name = diffusion.get("schedule").and_then(toml::Value::as_str).unwrap_or("cosine").to_string();
-    let mut curve = toml::Table::from_iter([(emulsion_config::TAG.to_string(), toml::Value::String(name.clone()))]);
+    let mut curve = named_table(&name);
     for table_name in CURVE_TABLES {
         if let Some(toml::Value::Table(parameters)) = diffusion.remove(table_name) {
             if table_name == name {
@@ -884,7 +807,6 @@ fn upgrade_objective_keys(table: &mut toml::Table) -> bool {
     if !moved || diffusion.get("objective").is_some_and(Value::is_table) {
         return false;
     }
-    let tagged = |name: &str| toml::Table::from_iter([(emulsion_config::TAG.to_string(), Value::String(name.to_string()))]);
     let name = diffusion.get("objective").and_then(Value::as_str).unwrap_or("vp").to_string();
     let (target, sigma_data) = (diffusion.remove("target"), diffusion.remove("sigma_data"));
     let mut section = |key: &str| match diffusion.remove(key) {
@@ -892,13 +814,13 @@ fn upgrade_objective_keys(table: &mut toml::Table) -> bool {
         _ => toml::Table::new(),
     };
     let (mut fdm, mut ct) = (section("fdm"), section("ct"));
-    let mut objective = tagged(&name);
+    let mut objective = named_table(&name);
     match name.as_str() {
         "vp" => objective.extend(target.map(|t| ("target".to_string(), t))),
         "edm" => objective.extend(sigma_data.map(|s| ("sigma_data".to_string(), s))),
         "fdm" => {
             let base_name = fdm.remove("base").and_then(|b| b.as_str().map(str::to_string)).unwrap_or_else(|| "edm".into());
-            let mut base = tagged(&base_name);
+            let mut base = named_table(&base_name);
             if base_name == "edm" {
                 base.extend(sigma_data.map(|s| ("sigma_data".to_string(), s)));
             }
@@ -909,12 +831,12 @@ fn upgrade_objective_keys(table: &mut toml::Table) -> bool {
             objective.extend(sigma_data.map(|s| ("sigma_data".to_string(), s)));
             let curriculum_name = ct.remove("curriculum").and_then(|c| c.as_str().map(str::to_string)).unwrap_or_else(|| "ict".into());
             let (first, last) = if curriculum_name == "sinusoidal" { ("n_init", "n_final") } else { ("s0", "s1") };
-            let mut curriculum = tagged(&curriculum_name);
+            let mut curriculum = named_table(&curriculum_name);
             curriculum.extend(ct.remove("s0").map(|v| (first.to_string(), v)));
             curriculum.extend(ct.remove("s1").map(|v| (last.to_string(), v)));
             objective.insert("curriculum".into(), Value::Table(curriculum));
             let levels_name = ct.remove("levels").and_then(|l| l.as_str().map(str::to_string)).unwrap_or_else(|| "schedule".into());
-            let mut levels = tagged(&levels_name);
+            let mut levels = named_table(&levels_name);
             for key in ["curve", "jitter"] {
                 levels.extend(ct.remove(key).filter(|_| levels_name == "polynomial").map(|v| (key.to_string(), v)));
             }
@@ -950,11 +872,12 @@ fn where_it_goes(key: &str) -> Option<&'static str> {
 
 /// The `type` of the tagged section at dotted `key` of `table`, if it is one.
 fn chosen_type(table: &toml::Table, key: &str) -> Option<String> {
-    let mut node = table;
-    for part in key.split('.') {
-        node = node.get(part)?.as_table()?;
-    }
-    node.get(emulsion_config::TAG)?.as_str().map(str::to_string)
+    section_at(table, key)?.get(emulsion_config::TAG)?.as_str().map(str::to_string)
+}
+
+/// A tagged section written as the name `name`, as the table it stands for: `{ type = name }`.
+fn named_table(name: &str) -> toml::Table {
+    toml::Table::from_iter([(emulsion_config::TAG.to_string(), toml::Value::String(name.to_string()))])
 }
 
 /// The 1-based line where the dotted `key` is written in `text`, if it is.

@@ -12,7 +12,8 @@ use emulsion_schedule::polynomial::{PolynomialLevels, SinusoidalCurriculum};
 use emulsion_schedule::{Cauchy, CosineBetas, Curve, Laplace, LinearBetas, LogNormal};
 use serde::de::{self, Deserialize, Visitor};
 
-use crate::config::{Config, DataConfig, DiffusionConfig, EvalConfig, ModelConfig, RunConfig, SampleConfig, TrainConfig};
+use crate::config::{Config, DataConfig, DiffusionConfig, EvalConfig, ModelConfig, RunConfig, TrainConfig};
+use emulsion_sample::SampleConfig;
 use crate::objective::{CtConfig, Curriculum, FdmConfig, LevelChoice, ObjectiveConfig};
 
 fn repo() -> PathBuf {

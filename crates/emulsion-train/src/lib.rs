@@ -1,40 +1,31 @@
-//! Emulsion's trainer: configuration, datasets, objectives, samplers, checkpoints, and the
-//! wiring of it all into Burn's `Learner`.
+//! Emulsion's trainer: configuration, datasets, objectives, checkpoints, and the wiring of it
+//! all into Burn's `Learner` (the samplers are `emulsion-sample`'s).
 //!
 //! - [`config`]: the TOML configuration and its validation.
 //! - [`data`]: CIFAR-10, IDX and image-folder datasets; the step-indexed loader.
 //! - [`objective`]: training objectives behind one interface.
 //! - [`trainer`]: the module Burn trains (network + EMA) and its `TrainStep`.
 //! - [`strategy`]: the step-based learning strategy.
-//! - [`sampling`]: samplers, one function each.
 //! - [`checkpoint`]: atomic, resumable checkpoints.
-//! - [`fid`]: FID of datasets, image folders and samples; FID during training.
-//! - [`sweep`]: grids of runs and their summary.
+//! - [`fid`]: FID during training: the training images' cached statistics and those of samples.
 //! - [`run`]: a run end to end.
-//! - [`bench`]: the same run, timed step by step (`emulsion bench train`).
 
-pub mod bench;
 pub mod checkpoint;
 pub mod config;
 #[cfg(test)]
 mod config_docs;
 pub mod data;
 pub mod fid;
-pub mod grid;
 pub mod journal;
 pub mod lock;
 pub mod metrics;
 pub mod monitor;
 pub mod objective;
 pub mod optim;
-pub mod progress;
 pub mod record_check;
 pub mod run;
-pub mod schedule_report;
-pub mod sampling;
 pub mod seeds;
 pub mod strategy;
-pub mod sweep;
 pub mod trainer;
 
 use std::path::PathBuf;

@@ -15,7 +15,7 @@
 //! ```
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use burn::module::{AutodiffModule, Module};
 use burn::optim::adaptor::OptimizerAdaptor;
@@ -30,18 +30,19 @@ use burn::train::metric::{LearningRateMetric, LossMetric, MetricDefinition, Nume
 use burn::train::{Learner, SupervisedTraining, TrainingStrategy};
 use emulsion_config::Invalid;
 use emulsion_models::UNetConfig;
+use emulsion_sample::grid::{grid_columns, save_grid};
+use emulsion_sample::{Generator, SampleConfig, SamplerKind};
 
 use crate::checkpoint::{self, Checkpoint, CheckpointError, CheckpointStore, MODEL, OPTIMIZER, SCHEDULER};
-use crate::config::{Config, SampleConfig, SamplerKind, DEFAULT_MAX_SKIPPED_STEPS};
+use crate::config::{Config, DEFAULT_MAX_SKIPPED_STEPS};
 use crate::lock::{RunLock, LOCK_FILE};
 use crate::data::{self, DataOrder, StepLoader};
 use crate::fid::{fid_due, FidPlan};
 use crate::journal;
-use crate::grid::{grid_columns, save_grid};
 use crate::monitor::{MonitorConfig, TrainingMonitor};
 use crate::optim::WarmupLr;
-use crate::sampling;
-use crate::strategy::{Components, Outcome, SamplePlan, StepPlan, StepStrategy};
+use crate::seeds::{self, Stream};
+use crate::strategy::{Components, SamplePlan, StepPlan, StepStrategy};
 use crate::trainer::{Recipe, Trainer};
 use crate::TrainError;
 
@@ -133,7 +134,7 @@ where
     let (images, unet) = load_images(config)?;
     let resume_from = prepare_run_dir(&run, options)?;
     // Clears what an interrupted write left, before this session writes anything.
-    let store = Arc::new(CheckpointStore::open(&run.checkpoints(), config.train.keep_checkpoints)?);
+    let store = CheckpointStore::open(&run.checkpoints(), config.train.keep_checkpoints)?;
 
     let mut resolved = config.clone();
     resolved.data.image_size = Some(images.size);
@@ -146,8 +147,7 @@ where
     }
 
     let recipe = Recipe::from_config(config)?;
-    let schedule = recipe.objective.schedule().clone();
-    let recipe_precond = recipe.objective.precond();
+    let generator = Generator { precond: recipe.objective.precond(), schedule: recipe.objective.schedule().clone(), shape: [images.channels, images.size] };
     let (mut learner, num_params) = build_learner::<B>(config, &unet, device)?;
     let t = &config.train;
     tracing::info!(
@@ -190,7 +190,7 @@ where
         None
     };
     if let (true, Some(fid)) = (catch_up, &fid) {
-        fid.evaluate(&learner.model().ema.valid(), recipe_precond, &schedule, [images.channels, images.size], start_step, device)?;
+        fid.evaluate(&learner.model().ema.valid(), &generator, start_step, device)?;
     }
     if start_step >= total_steps {
         tracing::info!("the run is already complete at step {start_step} (train.steps = {total_steps})");
@@ -212,7 +212,7 @@ where
         window: journal_window,
     })
     .map_err(|source| TrainError::Io { path: journal, source })?;
-    let outcome = Arc::new(Mutex::new(Outcome::default()));
+    let (outcome, finished) = std::sync::mpsc::sync_channel(1);
     let strategy = StepStrategy::<B> {
         device: device.clone(),
         plan: StepPlan {
@@ -231,16 +231,10 @@ where
             journal_window,
             skipped,
         },
-        samples: SamplePlan {
-            dir: run.samples(),
-            options: config.sample.clone(),
-            precond: recipe_precond,
-            schedule,
-            shape: [images.channels, images.size],
-        },
+        samples: SamplePlan { dir: run.samples(), options: config.sample.clone(), generator },
         fid,
         store,
-        outcome: outcome.clone(),
+        outcome,
     };
     SupervisedTraining::new(&run.root, train_loader, valid_loader)
         .metric_train_numeric(LossMetric::new())
@@ -254,13 +248,11 @@ where
         .with_training_strategy(TrainingStrategy::Custom(Arc::new(strategy)))
         .launch(learner);
 
-    let mut outcome = outcome.lock().expect("not poisoned");
-    if let Some(error) = outcome.error.take() {
-        return Err(error);
-    }
-    report.last_step = outcome.last_step;
-    report.last_checkpoint = outcome.last_checkpoint.clone().or(report.last_checkpoint);
-    report.last_samples = outcome.last_samples.clone();
+    // `launch` returns once `fit` has, and `fit` always sends.
+    let finished = finished.try_recv().expect("the strategy reports how training ended")?;
+    report.last_step = finished.last_step;
+    report.last_checkpoint = finished.last_checkpoint.or(report.last_checkpoint);
+    report.last_samples = finished.last_samples;
     Ok(report)
 }
 
@@ -269,7 +261,7 @@ where
 pub type RunLearner<B> = Learner<Components<B, OptimizerAdaptor<AdamW, Trainer<B>, B>>>;
 
 /// The training images and the network shape that fits them, both checked against the config.
-pub(crate) fn load_images(config: &Config) -> Result<(data::ImageSet, UNetConfig), TrainError> {
+pub fn load_images(config: &Config) -> Result<(data::ImageSet, UNetConfig), TrainError> {
     let images = data::load(config)?;
     if config.model.class_conditional && images.labels.is_none() {
         return Err(TrainError::Invalid(Invalid::new(
@@ -286,7 +278,7 @@ pub(crate) fn load_images(config: &Config) -> Result<(data::ImageSet, UNetConfig
 }
 
 /// Builds the learner `train` trains (and `bench train` times), with its parameter count.
-pub(crate) fn build_learner<B>(config: &Config, unet: &UNetConfig, device: &B::Device) -> Result<(RunLearner<B>, usize), Invalid>
+pub fn build_learner<B>(config: &Config, unet: &UNetConfig, device: &B::Device) -> Result<(RunLearner<B>, usize), Invalid>
 where
     B: AutodiffBackend + AssignBackend,
     B::InnerBackend: AssignBackend,
@@ -452,7 +444,8 @@ pub fn sample<B: Backend>(path: &Path, request: &SampleRequest, device: &B::Devi
     };
     let requested = Config { sample: options.clone(), ..config.clone() };
     requested.validate().map_err(|e| TrainError::RunDir(format!("this run cannot be sampled so: {e}")))?;
-    let images = sampling::generate(&trainer.ema, precond, &schedule, &options, 0..request.n, [unet.in_channels, unet.image_size], device);
+    let generator = Generator { precond, schedule, shape: [unet.in_channels, unet.image_size] };
+    let images = generator.generate(&trainer.ema, &options, 0..request.n, seeds::derive(options.seed, Stream::Sample, 0), device);
     save_grid(images, grid_columns(request.n, unet.num_classes), &request.out)
         .map_err(|source| TrainError::Io { path: request.out.clone(), source })?;
     Ok(request.out.clone())

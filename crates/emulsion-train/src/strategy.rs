@@ -3,7 +3,7 @@
 //! samples on its step counts (Burn's own strategies count epochs).
 
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::mpsc::SyncSender;
 use std::time::Instant;
 
 use burn::data::dataloader::Progress;
@@ -11,29 +11,27 @@ use burn::module::AutodiffModule;
 use burn::optim::Optimizer;
 use burn::tensor::backend::AutodiffBackend;
 use emulsion_assign::AssignBackend;
-use burn::train::checkpoint::AsyncCheckpointer;
+use burn::train::metric::store::EventStoreClient;
 use burn::train::{
-    EventProcessorTraining, Learner, LearnerEvent, LearningCheckpointer, LearningComponentsMarker,
-    SupervisedLearningStrategy, SupervisedTrainingEventProcessor, TrainLoader, TrainingComponents,
-    TrainingItem, ValidLoader,
+    EventProcessorTraining, Interrupter, Learner, LearnerEvent, LearningComponentsMarker, SupervisedLearningStrategy,
+    SupervisedTrainingEventProcessor, TrainLoader, TrainingComponents, TrainingItem, ValidLoader,
 };
-use emulsion_models::Precond;
-use emulsion_schedule::Schedule;
+use emulsion_sample::grid::{grid_columns, save_grid};
+use emulsion_sample::{progress, Generator, SampleConfig};
 
 use burn::module::{ModuleVisitor, Param};
 use burn::prelude::*;
 use burn::tensor::Transaction;
 
-use crate::checkpoint::{CheckpointStore, JournalWindow, SaveWhenAsked, SkipCount, StagedPart, TrainState, MODEL, OPTIMIZER, SCHEDULER};
+use crate::checkpoint::{CheckpointStore, JournalWindow, SkipCount, TrainState};
 use crate::monitor::journal_line_due;
-use crate::config::{OnNonFinite, SampleConfig};
+use crate::config::OnNonFinite;
 use crate::optim::grad_norm_squared;
 use crate::trainer::DiffusionOutput;
 use crate::data::DataOrder;
 use crate::fid::{fid_due, FidPlan};
-use crate::grid::{grid_columns, save_grid};
 use crate::optim::WarmupLr;
-use crate::sampling;
+use crate::seeds::{self, Stream};
 use crate::trainer::Trainer;
 use crate::TrainError;
 
@@ -71,16 +69,12 @@ pub struct StepPlan {
 pub struct SamplePlan {
     pub dir: PathBuf,
     pub options: SampleConfig,
-    pub precond: Precond,
-    pub schedule: Schedule,
-    /// `[channels, size]` of the images.
-    pub shape: [usize; 2],
+    pub generator: Generator,
 }
 
-/// What happened, for the caller of `launch` (which returns only the model).
-#[derive(Default)]
-pub struct Outcome {
-    pub error: Option<TrainError>,
+/// Where a session ended, and the last files it wrote.
+#[derive(Debug, Clone, Default)]
+pub struct Finished {
     pub last_step: u64,
     pub last_checkpoint: Option<PathBuf>,
     pub last_samples: Option<PathBuf>,
@@ -92,8 +86,9 @@ pub struct StepStrategy<B: AutodiffBackend> {
     pub samples: SamplePlan,
     /// FID every `fid.every` steps and at the end, when `eval.fid_every > 0`.
     pub fid: Option<FidPlan<B::InnerBackend>>,
-    pub store: Arc<CheckpointStore>,
-    pub outcome: Arc<Mutex<Outcome>>,
+    pub store: CheckpointStore,
+    /// Burn's `fit` returns only the model: how the session ended is sent here, once.
+    pub outcome: SyncSender<Result<Finished, TrainError>>,
 }
 
 impl<B> StepStrategy<B>
@@ -103,13 +98,12 @@ where
 {
     fn checkpoint<O>(
         &self,
-        checkpointer: &mut LearningCheckpointer<Components<B, O>>,
         learner: &Learner<Components<B, O>>,
         step: u64,
         started: Instant,
         window: &JournalWindow,
         skipped: &SkipCount,
-        store_client: &burn::train::metric::store::EventStoreClient,
+        store_client: &EventStoreClient,
     ) -> Result<PathBuf, TrainError>
     where
         O: Optimizer<Trainer<B>, B> + 'static,
@@ -120,22 +114,20 @@ where
                 message: "the weights hold non-finite values; no checkpoint is written (the newest one on disk is the last finite state)".into(),
             });
         }
-        self.store.begin(step)?;
-        checkpointer.checkpoint(learner, step as usize, store_client);
-        self.store.wait(step, 3)?;
         let plan = &self.plan;
         let state = TrainState {
             journal_window: *window,
             skipped: *skipped,
             ..TrainState::new(step, plan.seed, plan.order.position(step), step * plan.batch_size as u64, plan.wall_time_offset + started.elapsed().as_secs_f64())
         };
-        Ok(self.store.commit(&state, &plan.checkpoint_files)?)
+        Ok(self.store.save(learner, &state, &plan.checkpoint_files, store_client)?)
     }
 
     fn sample(&self, model: &Trainer<B>, step: u64) -> Result<PathBuf, TrainError> {
         let ema = model.ema.valid();
         let s = &self.samples;
-        let images = sampling::generate(&ema, s.precond, &s.schedule, &s.options, 0..s.options.n, s.shape, &self.device);
+        let noise_seed = seeds::derive(s.options.seed, Stream::Sample, 0);
+        let images = s.generator.generate(&ema, &s.options, 0..s.options.n, noise_seed, &self.device);
         let path = s.dir.join(format!("step-{step:08}.png"));
         save_grid(images, grid_columns(s.options.n, ema.num_classes()), &path)
             .map_err(|source| TrainError::Io { path: path.clone(), source })?;
@@ -143,8 +135,7 @@ where
     }
 
     fn evaluate_fid(&self, fid: &FidPlan<B::InnerBackend>, model: &Trainer<B>, step: u64) -> Result<f64, TrainError> {
-        let s = &self.samples;
-        fid.evaluate(&model.ema.valid(), s.precond, &s.schedule, s.shape, step, &self.device)
+        fid.evaluate(&model.ema.valid(), &self.samples.generator, step, &self.device)
     }
 }
 
@@ -163,21 +154,40 @@ where
         _starting_epoch: usize,
     ) -> (Trainer<B>, SupervisedTrainingEventProcessor<Components<B, O>>) {
         let TrainingComponents { mut event_processor, event_store, interrupter, .. } = components;
-        let loader = loader.to_device(&self.device);
         learner.fork(&self.device);
-        let part = |name| StagedPart::new(self.store.clone(), name);
-        let mut checkpointer = LearningCheckpointer::new(
-            AsyncCheckpointer::new(part(MODEL)),
-            AsyncCheckpointer::new(part(OPTIMIZER)),
-            AsyncCheckpointer::new(part(SCHEDULER)),
-            Box::new(SaveWhenAsked),
-        );
+        let result = self.train_steps(&mut learner, loader, &mut event_processor, &event_store, &interrupter);
+        event_processor.process_train(LearnerEvent::EndEpoch(1));
+        // Burn calls `fit` once; the receiver in `train` reads the one result after `launch`.
+        let _ = self.outcome.try_send(result);
+        (learner.model(), event_processor)
+    }
+}
+
+impl<B> StepStrategy<B>
+where
+    B: AutodiffBackend + AssignBackend,
+    B::InnerBackend: AssignBackend,
+{
+    /// The training loop: one optimiser step per batch, then whatever the step is due for.
+    fn train_steps<O>(
+        &self,
+        learner: &mut Learner<Components<B, O>>,
+        loader: TrainLoader<Components<B, O>>,
+        event_processor: &mut SupervisedTrainingEventProcessor<Components<B, O>>,
+        event_store: &EventStoreClient,
+        interrupter: &Interrupter,
+    ) -> Result<Finished, TrainError>
+    where
+        O: Optimizer<Trainer<B>, B> + 'static,
+    {
+        let loader = loader.to_device(&self.device);
         let plan = &self.plan;
         let started = Instant::now();
         let whole_run = Progress::new(1, 1);
         let mut batches = loader.iter();
         let mut guard = NonFiniteGuard::new(plan.on_nonfinite, plan.max_skipped_steps, plan.skipped);
         let mut window = plan.journal_window;
+        let mut finished = Finished { last_step: plan.start_step, ..Finished::default() };
         while let Some(batch) = batches.next() {
             let step = batch.step + 1;
             learner.lr_step();
@@ -192,48 +202,31 @@ where
             // As the monitor's window does: every finite value, applied or skipped.
             window.loss.add(values.loss);
             window.distance.add(values.distance);
-            if let Err(e) = verdict {
-                let mut outcome = self.outcome.lock().expect("not poisoned");
-                outcome.error = Some(e);
-                break;
-            }
+            verdict?;
             output.item.skipped_steps = guard.skipped.total;
             let item = TrainingItem::new(output.item, batches.progress(), whole_run.clone(), Some(step as usize), Some(learner.lr_current()));
             event_processor.process_train(LearnerEvent::ProcessedItem(item));
-            crate::progress::report("train", step, plan.total_steps);
+            progress::report("train", step, plan.total_steps);
             if journal_line_due(step, plan.log_every, plan.total_steps) {
                 window = JournalWindow::default();
             }
 
             let last = step == plan.total_steps;
-            let mut result = Ok(());
             if step % plan.checkpoint_every == 0 || last {
-                result = self
-                    .checkpoint(&mut checkpointer, &learner, step, started, &window, &guard.skipped, &event_store)
-                    .map(|path| self.outcome.lock().expect("not poisoned").last_checkpoint = Some(path));
+                finished.last_checkpoint = Some(self.checkpoint(learner, step, started, &window, &guard.skipped, event_store)?);
             }
-            if result.is_ok() && ((plan.sample_every > 0 && step % plan.sample_every == 0) || last) {
-                result = self
-                    .sample(&learner.model(), step)
-                    .map(|path| self.outcome.lock().expect("not poisoned").last_samples = Some(path));
+            if (plan.sample_every > 0 && step % plan.sample_every == 0) || last {
+                finished.last_samples = Some(self.sample(&learner.model(), step)?);
             }
-            if let (Ok(()), Some(fid)) = (&result, &self.fid) {
-                if fid_due(fid.every, step, plan.total_steps) {
-                    result = self.evaluate_fid(fid, &learner.model(), step).map(|_| ());
-                }
+            if let Some(fid) = self.fid.as_ref().filter(|fid| fid_due(fid.every, step, plan.total_steps)) {
+                self.evaluate_fid(fid, &learner.model(), step)?;
             }
-            let mut outcome = self.outcome.lock().expect("not poisoned");
-            outcome.last_step = step;
-            if let Err(e) = result {
-                outcome.error = Some(e);
-                break;
-            }
+            finished.last_step = step;
             if interrupter.should_stop() {
                 break;
             }
         }
-        event_processor.process_train(LearnerEvent::EndEpoch(1));
-        (learner.model(), event_processor)
+        Ok(finished)
     }
 }
 

@@ -64,7 +64,7 @@ fn every_objective_trains_and_samples() {
     }
     // `emulsion sample --sampler` on a run of the other kind is refused too.
     let ct_run = common::quickstart_config(&out, "ct", &[]).run_dir();
-    let request = SampleRequest { n: 2, sampler: Some(emulsion_train::config::SamplerKind::Heun), steps: None, eta: None, seed: None, guidance: None, clip_denoised: None, out: out.join("x.png") };
+    let request = SampleRequest { n: 2, sampler: Some(emulsion_sample::SamplerKind::Heun), steps: None, eta: None, seed: None, guidance: None, clip_denoised: None, out: out.join("x.png") };
     let e = emulsion_train::sample::<burn::backend::NdArray<f32>>(&ct_run, &request, &Default::default()).unwrap_err().to_string();
     assert!(e.contains("`sample.sampler`") && e.contains("consistency"), "{e}");
     std::fs::remove_dir_all(&out).unwrap();

@@ -11,9 +11,9 @@ use emulsion_schedule::ict::IctCurriculum;
 use emulsion_schedule::polynomial::{PolynomialLevels, SinusoidalCurriculum};
 use emulsion_schedule::process::lambda_of_edm_sigma;
 use emulsion_schedule::{Curve, LogNormal, Schedule};
-use emulsion_train::config::{SampleConfig, SamplerKind, Spacing};
+use emulsion_sample::{Generator, SampleConfig, SamplerKind, Spacing};
 use emulsion_train::objective::{ConsistencyTraining, Curriculum, Edm, Fdm, FdmConfig, Flow, LevelChoice, Objective, ObjectiveInput, Vp, VpTarget};
-use emulsion_train::sampling::generate;
+use emulsion_train::seeds::{self, Stream};
 
 type B = NdArray<f32>;
 type AB = Autodiff<B>;
@@ -53,7 +53,8 @@ fn samples(net: &Mlp<B>, objective: &Objective, sampler: SamplerKind, steps: usi
     // their D = x ∓ s F multiplies an error of F by s.
     let clip_denoised = matches!(objective, Objective::Vp(_) | Objective::Fdm(Fdm { base: FdmBase::Vp {} | FdmBase::Ve {}, .. }));
     let options = SampleConfig { sampler, steps, n: SAMPLES, clip_denoised, spacing: Spacing::Karras, seed: 3, ..Default::default() };
-    generate(net, objective.precond(), objective.schedule(), &options, 0..SAMPLES, [2, 1], &Default::default()).into_data().to_vec().unwrap()
+    let generator = Generator { precond: objective.precond(), schedule: objective.schedule().clone(), shape: [2, 1] };
+    generator.generate(net, &options, 0..SAMPLES, seeds::derive(options.seed, Stream::Sample, 0), &Default::default()).into_data().to_vec().unwrap()
 }
 
 /// Trains from a fixed initialisation and returns the distances to fresh data of the untrained

@@ -30,7 +30,7 @@ pub fn load(path: &Path, channels: usize, size: usize) -> Result<ImageSet, DataE
 
 /// Decodes `file` as planar `[C, H, W]` pixels with `channels` channels (1 or 3), or, for
 /// `None`, 1 for a grayscale file and 3 otherwise; returns them with their shape.
-pub(crate) fn decode_chw(file: &Path, channels: Option<usize>) -> Result<(Vec<u8>, [usize; 3]), DataError> {
+pub fn decode_chw(file: &Path, channels: Option<usize>) -> Result<(Vec<u8>, [usize; 3]), DataError> {
     let img = image::open(file).map_err(|source| DataError::Image { path: file.to_path_buf(), source })?;
     let (w, h) = (img.width() as usize, img.height() as usize);
     let channels = channels.unwrap_or(if img.color().has_color() { 3 } else { 1 });
@@ -44,7 +44,7 @@ pub(crate) fn decode_chw(file: &Path, channels: Option<usize>) -> Result<(Vec<u8
 }
 
 /// Every PNG and JPEG file under `dir`, recursively (unsorted).
-pub(crate) fn collect(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), DataError> {
+pub fn collect(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), DataError> {
     let io = |source| DataError::Io { path: dir.to_path_buf(), source };
     for entry in std::fs::read_dir(dir).map_err(io)? {
         let path = entry.map_err(io)?.path();

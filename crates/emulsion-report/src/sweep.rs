@@ -20,11 +20,11 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use crate::checkpoint;
-use crate::config::{Config, ConfigError};
-use crate::journal;
-use crate::monitor::plot_curves;
-use crate::run::RunDir;
+use emulsion_train::checkpoint;
+use emulsion_train::config::{Config, ConfigError};
+use emulsion_train::journal;
+use emulsion_train::monitor::plot_curves;
+use emulsion_train::run::RunDir;
 
 /// A sweep file, as written.
 #[derive(Debug, Clone, Deserialize)]

@@ -5,7 +5,7 @@ use std::path::Path;
 
 use emulsion_schedule::{process::Process, Curve, LogSnr, Schedule};
 
-use crate::config::{apply_override, located_key, ConfigError, DiffusionConfig};
+use emulsion_train::config::{apply_override, read_section, ConfigError, DiffusionConfig};
 
 /// `[diffusion]` keys that are not the curve's own parameters.
 const RANGE_KEYS: [&str; 3] = ["shift", "lambda_min", "lambda_max"];
@@ -27,10 +27,7 @@ pub fn resolve(name: &str, settings: &[String]) -> Result<Schedule, ConfigError>
             other => other,
         })?;
     }
-    let config: DiffusionConfig = serde_path_to_error::deserialize(toml::Value::Table(table.clone())).map_err(|e| {
-        let (key, message) = located_key(&e, &table, "diffusion");
-        ConfigError::Key { location: "--set".into(), key, message }
-    })?;
+    let config: DiffusionConfig = read_section(&table, "diffusion").map_err(|(key, message)| ConfigError::Key { location: "--set".into(), key, message })?;
     config.schedule().map_err(|e| {
         let e = e.within("diffusion");
         ConfigError::Key { location: "--set".into(), key: e.key, message: e.message }
@@ -61,7 +58,7 @@ pub fn check_ts(ts: Vec<f64>) -> Result<Vec<f64>, String> {
 /// Draws `p(λ)` (left) and `λ(t)` (right) of each schedule on one figure.
 pub fn plot(schedules: &[Schedule], out: &Path) -> Result<(), String> {
     use plotters::prelude::*;
-    crate::monitor::register_font();
+    emulsion_train::monitor::register_font();
     let err = |e: &dyn std::fmt::Display| format!("{}: {e}", out.display());
     let (lambda_lo, lambda_hi) = (-15.0, 15.0);
     // plotters picks the image format from the extension, so the temporary name ends in .png.

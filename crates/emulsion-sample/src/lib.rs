@@ -1,12 +1,19 @@
-//! Samplers, one pure function each (as in k-diffusion's `sampling.py`). They see only a
-//! [`Denoise`] and a falling list of EDM noise levels ending in 0.
+//! Emulsion's samplers, one pure function each (as in k-diffusion's `sampling.py`): they see
+//! only a [`Denoise`] and a falling list of EDM noise levels ending in 0. Around them: the
+//! `[sample]` section ([`SampleConfig`]), the noise levels a [`Spacing`] puts between a
+//! schedule's ends ([`sigmas`]), a network seen as a denoiser ([`NetDenoiser`]), images from a
+//! network ([`Generator`]) and PNG grids of them ([`grid`]). Inference needs nothing of
+//! Burn's training crate.
 
 pub mod consistency;
+mod config;
 pub mod ddim;
 pub mod ddpm;
 pub mod dpmpp_2m;
 pub mod euler;
+pub mod grid;
 pub mod heun;
+pub mod progress;
 
 use burn::prelude::*;
 use burn::tensor::Distribution;
@@ -14,9 +21,7 @@ use emulsion_models::{Denoise, Network, Precond};
 use emulsion_schedule::karras::Karras;
 use emulsion_schedule::{process, Curve, Schedule};
 
-use crate::config::{SampleConfig, SamplerKind, Spacing};
-use crate::seeds::{self, Stream};
-
+pub use config::{SampleConfig, SamplerKind, Spacing};
 pub use consistency::sample_consistency;
 pub use ddim::sample_ddim;
 pub use ddpm::sample_ddpm;
@@ -60,7 +65,7 @@ pub struct NetDenoiser<'a, B: Backend, N: Network<B>> {
 impl<B: Backend, N: Network<B>> Denoise<B> for NetDenoiser<'_, B, N> {
     fn denoise(&self, x: Tensor<B, 4>, sigma: f64) -> Tensor<B, 4> {
         let above = self.levels.iter().take_while(|&&s| s > sigma).count();
-        crate::progress::report("sample", above as u64, self.levels.len().saturating_sub(1) as u64);
+        progress::report("sample", above as u64, self.levels.len().saturating_sub(1) as u64);
         let n = x.dims()[0];
         let device = x.device();
         let sigma = || Tensor::full([n], sigma, &device);
@@ -86,58 +91,73 @@ pub fn grid_labels<B: Backend>(images: std::ops::Range<usize>, num_classes: usiz
     })
 }
 
-/// Generates images `images` (their indices set the class labels, see [`grid_labels`]) of shape
-/// `[channels, size, size]` with the configured sampler, from noise fixed by `options.seed`.
-pub fn generate<B: Backend, N: Network<B>>(
-    net: &N,
-    precond: Precond,
-    schedule: &Schedule,
-    options: &SampleConfig,
-    images: std::ops::Range<usize>,
-    [channels, size]: [usize; 2],
-    device: &B::Device,
-) -> Tensor<B, 4> {
-    let n = images.len();
-    let sigmas = match options.sampler {
-        // A consistency model is the identity at s_min: `steps` levels above it, then 0.
-        SamplerKind::Consistency => {
-            let mut levels = sigmas(schedule, options.spacing, options.rho, options.steps + 1);
-            levels.remove(options.steps);
-            levels
-        }
-        _ => sigmas(schedule, options.spacing, options.rho, options.steps),
-    };
-    B::seed(device, seeds::derive(options.seed, Stream::Sample, 0));
-    // x_T ~ N(0, I) in VP coordinates is N(0, 1 + s²) in EDM coordinates.
-    let x = Tensor::random([n, channels, size, size], Distribution::Normal(0.0, 1.0), device) * (1.0 + sigmas[0].powi(2)).sqrt();
-    let denoiser = NetDenoiser {
-        net,
-        precond,
-        labels: grid_labels(images, net.num_classes(), device),
-        guidance: options.guidance,
-        clip_denoised: options.clip_denoised,
-        levels: &sigmas,
-    };
-    let shape = x.shape();
-    let mut noise = || Tensor::random(shape.clone(), Distribution::Normal(0.0, 1.0), device);
-    let images = match options.sampler {
-        SamplerKind::Ddim => sample_ddim(&denoiser, x, &sigmas, options.eta, &mut noise),
-        SamplerKind::Ddpm => sample_ddpm(&denoiser, x, &sigmas, &mut noise),
-        SamplerKind::Euler => sample_euler(&denoiser, x, &sigmas),
-        SamplerKind::Heun => sample_heun(&denoiser, x, &sigmas),
-        SamplerKind::Dpmpp2m => sample_dpmpp_2m(&denoiser, x, &sigmas),
-        SamplerKind::Consistency => {
-            // The level at which the model is the identity (only 0 for a plain denoiser).
-            let s_min = match precond {
-                Precond::Consistency { sigma_min, .. } => sigma_min,
-                _ => 0.0,
-            };
-            sample_consistency(&denoiser, x, &sigmas, s_min, &mut noise)
-        }
-    };
-    let steps = sigmas.len().saturating_sub(1) as u64;
-    crate::progress::report("sample", steps, steps);
-    images
+/// What turns a trained network into images: the preconditioning it was trained under, the
+/// schedule whose log-SNR range bounds the sampler's levels, and the image shape.
+#[derive(Debug, Clone)]
+pub struct Generator {
+    pub precond: Precond,
+    pub schedule: Schedule,
+    /// `[channels, size]` of the square images.
+    pub shape: [usize; 2],
+}
+
+impl Generator {
+    /// Generates images `images` (their indices set the class labels, see [`grid_labels`])
+    /// with `options`' sampler, from noise drawn with the backend seeded by `noise_seed`.
+    pub fn generate<B: Backend, N: Network<B>>(&self, net: &N, options: &SampleConfig, images: std::ops::Range<usize>, noise_seed: u64, device: &B::Device) -> Tensor<B, 4> {
+        let n = images.len();
+        let [channels, size] = self.shape;
+        let sigmas = match options.sampler {
+            // A consistency model is the identity at s_min: `steps` levels above it, then 0.
+            SamplerKind::Consistency => {
+                let mut levels = sigmas(&self.schedule, options.spacing, options.rho, options.steps + 1);
+                levels.remove(options.steps);
+                levels
+            }
+            _ => sigmas(&self.schedule, options.spacing, options.rho, options.steps),
+        };
+        B::seed(device, noise_seed);
+        // x_T ~ N(0, I) in VP coordinates is N(0, 1 + s²) in EDM coordinates.
+        let x = Tensor::random([n, channels, size, size], Distribution::Normal(0.0, 1.0), device) * (1.0 + sigmas[0].powi(2)).sqrt();
+        let denoiser = NetDenoiser {
+            net,
+            precond: self.precond,
+            labels: grid_labels(images, net.num_classes(), device),
+            guidance: options.guidance,
+            clip_denoised: options.clip_denoised,
+            levels: &sigmas,
+        };
+        let shape = x.shape();
+        let mut noise = || Tensor::random(shape.clone(), Distribution::Normal(0.0, 1.0), device);
+        let images = match options.sampler {
+            SamplerKind::Ddim => sample_ddim(&denoiser, x, &sigmas, options.eta, &mut noise),
+            SamplerKind::Ddpm => sample_ddpm(&denoiser, x, &sigmas, &mut noise),
+            SamplerKind::Euler => sample_euler(&denoiser, x, &sigmas),
+            SamplerKind::Heun => sample_heun(&denoiser, x, &sigmas),
+            SamplerKind::Dpmpp2m => sample_dpmpp_2m(&denoiser, x, &sigmas),
+            SamplerKind::Consistency => {
+                // The level at which the model is the identity (only 0 for a plain denoiser).
+                let s_min = match self.precond {
+                    Precond::Consistency { sigma_min, .. } => sigma_min,
+                    _ => 0.0,
+                };
+                sample_consistency(&denoiser, x, &sigmas, s_min, &mut noise)
+            }
+        };
+        let steps = sigmas.len().saturating_sub(1) as u64;
+        progress::report("sample", steps, steps);
+        images
+    }
+}
+
+#[cfg(test)]
+pub(crate) type TestBackend = burn::backend::NdArray<f32>;
+
+/// Serialises the tests that draw from the backend's generator (one global per backend).
+#[cfg(test)]
+pub(crate) fn lock_backend_rng() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 #[cfg(test)]
@@ -269,10 +289,10 @@ pub(crate) mod tests {
             .with_num_blocks(1)
             .with_attn_resolutions(vec![])
             .init::<crate::TestBackend>(&device);
-        let schedule = Schedule::cosine(-10.0, 10.0).unwrap();
+        let generator = Generator { precond: Precond::Vp, schedule: Schedule::cosine(-10.0, 10.0).unwrap(), shape: [1, 4] };
         let extreme = |clip_denoised| {
             let options = SampleConfig { steps: 4, clip_denoised, ..SampleConfig::default() };
-            let x = generate(&net, Precond::Vp, &schedule, &options, 0..3, [1, 4], &device);
+            let x = generator.generate(&net, &options, 0..3, 1, &device);
             x.abs().max().into_scalar() as f64
         };
         assert!(extreme(true) <= 1.0);

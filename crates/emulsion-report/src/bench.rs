@@ -10,11 +10,11 @@ use burn::train::metric::ItemLazy;
 use emulsion_assign::AssignBackend;
 use serde::{Deserialize, Serialize};
 
-use crate::config::Config;
-use crate::data::{DataOrder, StepLoader};
-use crate::run::{build_learner, load_images};
-use crate::trainer::DiffusionOutput;
-use crate::TrainError;
+use emulsion_train::config::Config;
+use emulsion_train::data::{DataOrder, StepLoader};
+use emulsion_train::run::{build_learner, load_images};
+use emulsion_train::trainer::DiffusionOutput;
+use emulsion_train::TrainError;
 use emulsion_config::Invalid;
 
 /// How many steps to run and which of them to time.
@@ -231,7 +231,7 @@ pub fn bench_fid<B: Backend>(
         let n = batch.min(images - start);
         let pixels: Vec<f32> = (0..n * 3 * image_size * image_size).map(|_| rng.random_range(0..=255u8) as f32).collect();
         let pixels = Tensor::<B, 4>::from_data(burn::tensor::TensorData::new(pixels, [n, 3, image_size, image_size]), device);
-        crate::fid::add_features(&inception, pixels, &mut stats);
+        emulsion_train::fid::add_features(&inception, pixels, &mut stats);
         after_first.get_or_insert_with(|| (Instant::now(), started.elapsed().as_secs_f64()));
     }
     let (timer, startup_s) = after_first.expect("at least one batch");

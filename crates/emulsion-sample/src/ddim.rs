@@ -45,8 +45,8 @@ pub fn ancestral_step(s: f64, s_next: f64, eta: f64) -> (f64, f64) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Spacing;
-    use crate::sampling::tests::{self as shared, GaussianDenoiser, MU, S};
+    use crate::Spacing;
+    use crate::tests::{self as shared, GaussianDenoiser, MU, S};
 
     /// Mean and variance errors of samples drawn from `N(MU, S²)` data by DDIM with `steps` steps.
     fn moments(eta: f64, steps: usize) -> (f64, f64) {

@@ -39,6 +39,8 @@ enum Command {
     Train(TrainArgs),
     /// Draw a grid of images from the EMA weights of a run's newest checkpoint.
     Sample(SampleArgs),
+    /// Write a checkpoint's weights as EDM SongUNet's state dict (safetensors), for PyTorch.
+    Export(ExportArgs),
     /// Inspect the noise schedules: print one as CSV, or plot them all.
     #[command(subcommand)]
     Schedule(ScheduleCommand),
@@ -54,7 +56,9 @@ enum Command {
 #[derive(Args)]
 struct FidArgs {
     /// Image sets: a folder of PNG/JPEG images, a training config (.toml: its training
-    /// images, statistics cached in its run directory) or saved statistics (.npz with mu, sigma).
+    /// images, statistics cached in its run directory), saved statistics (.npz with mu, sigma),
+    /// or a network's samples: a run directory, a checkpoint or an exported .safetensors file
+    /// (its run's eval.fid_samples images, or --limit; sampled as its run's FID is).
     #[arg(required = true, num_args = 1..=2, value_name = "PATH")]
     paths: Vec<PathBuf>,
     /// Save the statistics of the first PATH (pytorch-fid's `.npz`: mu, sigma).
@@ -222,11 +226,29 @@ struct TrainArgs {
     /// Print the resolved configuration and exit.
     #[arg(long)]
     dry_run: bool,
+    /// Start the network and its EMA from these weights (EDM SongUNet's names and layouts, as
+    /// `emulsion export` writes them) instead of a random initialisation; a resumed run ignores it.
+    #[arg(long, value_name = "WEIGHTS.safetensors")]
+    init_from: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct ExportArgs {
+    /// A run directory (its newest checkpoint), or a checkpoint folder.
+    run_dir: PathBuf,
+    /// The weights file to write (safetensors); its metadata and a .json beside it say which
+    /// SongUNet it loads into.
+    #[arg(long, value_name = "OUT.safetensors")]
+    out: PathBuf,
+    /// The trained weights instead of their EMA.
+    #[arg(long)]
+    raw: bool,
 }
 
 #[derive(Args)]
 struct SampleArgs {
-    /// A run directory (its newest checkpoint is used) or a checkpoint folder.
+    /// A run directory (its newest checkpoint is used), a checkpoint folder, or a weights file
+    /// that `emulsion export` wrote.
     run_dir: PathBuf,
     /// Number of images.
     #[arg(long, default_value_t = 64)]
@@ -293,6 +315,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Train(args) => train(args),
         Command::Sample(args) => sample(args),
+        Command::Export(args) => export(args),
         Command::Schedule(command) => schedule(command),
         Command::Bench(BenchCommand::Train(args)) => bench_train(args, started),
         Command::Bench(BenchCommand::Fid(args)) => bench_fid(args, started),
@@ -337,6 +360,7 @@ fn train(args: TrainArgs) -> Result<()> {
             Some(Some(path)) => Resume::From(path),
         },
         overwrite: args.overwrite,
+        init_from: args.init_from,
     };
     let backend = device::resolve(config.run.device)?;
     eprintln!("device: {}", backend.describe());
@@ -372,6 +396,13 @@ fn sample(args: SampleArgs) -> Result<()> {
     })
     .with_context(|| format!("sampling from {}", args.run_dir.display()))?;
     eprintln!("wrote {}", out.display());
+    Ok(())
+}
+
+fn export(args: ExportArgs) -> Result<()> {
+    let out = emulsion_train::export::export::<burn::backend::Flex>(&args.run_dir, args.raw, &args.out, &Default::default())
+        .with_context(|| format!("exporting {}", args.run_dir.display()))?;
+    eprintln!("wrote {} and {}", out.display(), out.with_extension("json").display());
     Ok(())
 }
 

@@ -46,6 +46,11 @@ impl NoiseFeatures {
         Self { frequencies }
     }
 
+    /// The angular frequencies the noise label is multiplied by.
+    pub fn frequencies(&self) -> &[f32] {
+        &self.frequencies
+    }
+
     pub fn channels(&self) -> usize {
         2 * self.frequencies.len()
     }

@@ -14,6 +14,7 @@ pub mod mlp;
 pub mod network;
 pub mod norm;
 pub mod precond;
+pub mod songunet;
 pub mod unet;
 
 pub use fdm::{FdmBase, FdmScale};

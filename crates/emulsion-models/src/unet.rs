@@ -4,7 +4,7 @@
 
 use burn::module::{Initializer, Module};
 use burn::nn::conv::{Conv2d, Conv2dConfig};
-use burn::nn::{Dropout, DropoutConfig, Embedding, EmbeddingConfig, Linear, LinearConfig, PaddingConfig2d};
+use burn::nn::{Dropout, DropoutConfig, Linear, LinearConfig, PaddingConfig2d};
 use burn::prelude::*;
 use burn::tensor::activation::silu;
 use burn::tensor::module::{attention, avg_pool2d, interpolate};
@@ -60,7 +60,9 @@ pub struct UNetConfig {
 /// output of the input's shape (the raw network `F` of the preconditioning).
 #[derive(Module, Debug)]
 pub struct UNet<B: Backend> {
-    map_label: Option<Embedding<B>>,
+    /// EDM's label map: a linear layer on one-hot labels scaled by √K; the null label is the
+    /// zero vector, which leaves the bias alone.
+    map_label: Option<Linear<B>>,
     map_layer0: Linear<B>,
     map_layer1: Linear<B>,
     conv_in: Conv2d<B>,
@@ -176,12 +178,7 @@ impl UNetConfig {
         debug_assert!(skips.is_empty());
 
         UNet {
-            map_label: (self.num_classes > 0).then(|| {
-                // One extra row: the null label of classifier-free guidance.
-                EmbeddingConfig::new(self.num_classes + 1, noise_channels)
-                    .with_initializer(Initializer::Normal { mean: 0.0, std: 1.0 })
-                    .init(device)
-            }),
+            map_label: (self.num_classes > 0).then(|| linear(self.num_classes, noise_channels, 1.0, device)),
             map_layer0: linear(noise_channels, emb_channels, 1.0, device),
             map_layer1: linear(emb_channels, emb_channels, 1.0, device),
             conv_in: conv(self.in_channels, self.model_channels, 3, 1.0, device),
@@ -223,8 +220,11 @@ impl<B: Backend> UNet<B> {
             let n = emb.dims()[0];
             let labels = class_labels
                 .unwrap_or_else(|| Tensor::full([n], self.num_classes as i64, &emb.device()));
-            let label_emb: Tensor<B, 2> = map_label.forward(labels.unsqueeze_dim(1)).squeeze_dim(1);
-            emb = emb + label_emb;
+            let k = self.num_classes;
+            let classes = Tensor::<B, 1, Int>::arange(0..k as i64, &emb.device()).reshape([1, k]).expand([n, k]);
+            // The null label `k` matches no class: a zero row.
+            let one_hot = labels.reshape([n, 1]).expand([n, k]).equal(classes).float() * (k as f64).sqrt();
+            emb = emb + map_label.forward(one_hot);
         }
         let emb = silu(self.map_layer1.forward(silu(self.map_layer0.forward(emb))));
 

@@ -152,9 +152,10 @@ impl CheckpointStore {
     }
 
     /// Writes the checkpoint of `state.step`: `learner`'s records (the network with its EMA,
-    /// the optimiser, the learning-rate scheduler), the loop `state` and the small `files`;
+    /// the optimiser, the learning-rate scheduler), the loop `state` and the `files` (name,
+    /// contents: the config and the sampling snapshot);
     /// returns its folder once all of it is on disk, renamed into place (see the module doc).
-    pub fn save<LC: LearningComponentsTypes>(&self, learner: &Learner<LC>, state: &TrainState, files: &[(String, String)], events: &EventStoreClient) -> Result<PathBuf, CheckpointError> {
+    pub fn save<LC: LearningComponentsTypes>(&self, learner: &Learner<LC>, state: &TrainState, files: &[(&str, &[u8])], events: &EventStoreClient) -> Result<PathBuf, CheckpointError> {
         self.stage(state, files, |dir, failed| {
             let mut checkpointer = LearningCheckpointer::<LC>::new(
                 StagedPart::spawn(dir, MODEL, self.write, failed),
@@ -172,7 +173,7 @@ impl CheckpointStore {
     /// Burn hands a learner's records out only to its checkpointers, each of which writes on a
     /// thread of its own and reports a failure through an interrupter. `records` drops them
     /// before it returns, which joins their threads: every part is then written, or has failed.
-    fn stage(&self, state: &TrainState, files: &[(String, String)], records: impl FnOnce(&Path, &Interrupter)) -> Result<PathBuf, CheckpointError> {
+    fn stage(&self, state: &TrainState, files: &[(&str, &[u8])], records: impl FnOnce(&Path, &Interrupter)) -> Result<PathBuf, CheckpointError> {
         let step = state.step;
         self.begin(step)?;
         let failed = Interrupter::new();
@@ -207,15 +208,15 @@ impl CheckpointStore {
         CheckpointError::Write { path: checkpoint_dir(&self.root, step), reason }
     }
 
-    /// Adds the loop state and the small `files` (name, contents) to the staged records,
+    /// Adds the loop state and the `files` (name, contents) to the staged records,
     /// flushes everything to disk, and renames the folder into place. Then drops the oldest
     /// checkpoints beyond `keep`.
-    fn commit(&self, state: &TrainState, files: &[(String, String)]) -> Result<PathBuf, CheckpointError> {
+    fn commit(&self, state: &TrainState, files: &[(&str, &[u8])]) -> Result<PathBuf, CheckpointError> {
         let staging = self.staging_dir(state.step);
         let state_json = serde_json::to_string_pretty(state).expect("state serialises");
-        let staged = std::iter::once((STATE, state_json.as_str())).chain(files.iter().map(|(n, c)| (n.as_str(), c.as_str())));
+        let staged = std::iter::once((STATE, state_json.as_bytes())).chain(files.iter().copied());
         for (name, contents) in staged {
-            self.write_file(&staging.join(name), contents.as_bytes()).map_err(|e| self.abandon(state.step, format!("{name}: {e}")))?;
+            self.write_file(&staging.join(name), contents).map_err(|e| self.abandon(state.step, format!("{name}: {e}")))?;
         }
         let synced: std::io::Result<()> = std::fs::read_dir(&staging)
             .and_then(|entries| entries.flatten().try_for_each(|entry| File::open(entry.path()).and_then(|f| f.sync_all())));
@@ -450,7 +451,7 @@ mod tests {
     /// Stages `step` with `usize` records, through Burn's checkpointer threads as `save` does.
     fn stage(store: &CheckpointStore, step: u64) -> Result<PathBuf, CheckpointError> {
         let state = TrainState::new(step, 1, DataPosition { epoch: 0, offset: 0 }, 2 * step, 0.0);
-        store.stage(&state, &[("config.toml".into(), "x = 1\n".into())], |dir, failed| {
+        store.stage(&state, &[("config.toml", b"x = 1\n")], |dir, failed| {
             for part in [MODEL, OPTIMIZER, SCHEDULER] {
                 let checkpointer: AsyncCheckpointer<usize, TestBackend> = StagedPart::spawn(dir, part, store.write, failed);
                 checkpointer.save(step as usize, step as usize).unwrap();

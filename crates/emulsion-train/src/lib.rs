@@ -7,6 +7,7 @@
 //! - [`trainer`]: the module Burn trains (network + EMA) and its `TrainStep`.
 //! - [`strategy`]: the step-based learning strategy.
 //! - [`checkpoint`]: atomic, resumable checkpoints.
+//! - [`export`]: weights as EDM SongUNet's state dict in safetensors (export, snapshots, import).
 //! - [`fid`]: FID during training: the training images' cached statistics and those of samples.
 //! - [`run`]: a run end to end.
 
@@ -15,6 +16,7 @@ pub mod config;
 #[cfg(test)]
 mod config_docs;
 pub mod data;
+pub mod export;
 pub mod fid;
 pub mod journal;
 pub mod lock;
@@ -51,6 +53,9 @@ pub enum TrainError {
     Io { path: PathBuf, source: std::io::Error },
     #[error("{0}")]
     RunDir(String),
+    /// A weights file (`emulsion export`, a sampling snapshot, `--init-from`) that cannot be used.
+    #[error("{}: {reason}", path.display())]
+    Weights { path: PathBuf, reason: String },
     #[error("the device failed: {0}")]
     Device(String),
     #[error(transparent)]

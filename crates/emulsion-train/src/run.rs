@@ -29,7 +29,7 @@ use burn::train::metric::store::{EpochSummary, MetricsUpdate, Split};
 use burn::train::metric::{LearningRateMetric, LossMetric, MetricDefinition, NumericEntry};
 use burn::train::{Learner, SupervisedTraining, TrainingStrategy};
 use emulsion_config::Invalid;
-use emulsion_models::UNetConfig;
+use emulsion_models::{UNet, UNetConfig};
 use emulsion_sample::grid::{grid_columns, save_grid};
 use emulsion_sample::{Generator, SampleConfig, SamplerKind};
 
@@ -43,11 +43,14 @@ use crate::monitor::{MonitorConfig, TrainingMonitor};
 use crate::optim::WarmupLr;
 use crate::seeds::{self, Stream};
 use crate::strategy::{Components, SamplePlan, StepPlan, StepStrategy};
+use crate::export::{self, SNAPSHOT_FILE};
 use crate::trainer::{Recipe, Trainer};
 use crate::TrainError;
 
-const CONFIG_FILE: &str = "config.toml";
-const UNET_FILE: &str = "unet.json";
+/// The resolved config of a run, in its directory and in each checkpoint.
+pub(crate) const CONFIG_FILE: &str = "config.toml";
+/// The network's `UNetConfig` (JSON), beside it.
+pub(crate) const UNET_FILE: &str = "unet.json";
 
 /// The files of a run directory.
 #[derive(Debug, Clone)]
@@ -93,6 +96,9 @@ pub struct TrainOptions {
     pub resume: Resume,
     /// Delete an existing run directory of the same name first.
     pub overwrite: bool,
+    /// Start a new run from these weights (EDM SongUNet's names, as `emulsion export` writes
+    /// them) instead of a random initialisation: the network and its EMA both.
+    pub init_from: Option<PathBuf>,
 }
 
 /// What a finished (or stopped) run left behind.
@@ -132,6 +138,10 @@ where
     // read, so that a second writer is refused at once).
     let _lock = RunLock::acquire(&run.root)?;
     let (images, unet) = load_images(config)?;
+    if let Some(weights) = &options.init_from {
+        // Checked before the run directory is touched (`--overwrite` deletes it).
+        export::load_weights(unet.init::<B::InnerBackend>(device), &unet, weights)?;
+    }
     let resume_from = prepare_run_dir(&run, options)?;
     // Clears what an interrupted write left, before this session writes anything.
     let store = CheckpointStore::open(&run.checkpoints(), config.train.keep_checkpoints)?;
@@ -162,6 +172,19 @@ where
         t.steps
     );
 
+    match (&options.init_from, &resume_from) {
+        (Some(weights), None) => {
+            let model = learner.model();
+            let net = export::load_weights(model.net, &unet, weights)?;
+            let ema = export::load_weights(model.ema, &unet, weights)?;
+            learner.load_model(Trainer { net, ema, recipe: model.recipe }.into_record());
+            tracing::info!("the network and its EMA start from {}", weights.display());
+        }
+        (Some(weights), Some(ckpt)) => {
+            tracing::info!("{} is not read: the run continues from its checkpoint {}, and --init-from applies only to a run's start", weights.display(), ckpt.dir.display());
+        }
+        (None, _) => {}
+    }
     let (start_step, wall_time_offset, journal_window, skipped) = match &resume_from {
         Some(ckpt) => {
             let model = ckpt.load_for::<_, B>(MODEL, &learner.model(), device)?;
@@ -224,7 +247,9 @@ where
             seed: config.run.seed,
             order,
             wall_time_offset,
-            checkpoint_files: vec![(CONFIG_FILE.into(), config_toml), (UNET_FILE.into(), unet_json)],
+            checkpoint_files: vec![(CONFIG_FILE.into(), config_toml.clone()), (UNET_FILE.into(), unet_json)],
+            unet: unet.clone(),
+            config_toml,
             on_nonfinite: t.on_nonfinite,
             max_skipped_steps: t.max_skipped_steps.unwrap_or(DEFAULT_MAX_SKIPPED_STEPS),
             log_every: t.log_every as u64,
@@ -399,38 +424,14 @@ pub struct SampleRequest {
     pub out: PathBuf,
 }
 
-/// Draws a grid from the EMA weights of a checkpoint. `path` is a run directory (its newest
-/// checkpoint is used) or a checkpoint folder.
+/// Draws a grid from the EMA weights of a checkpoint (its sampling snapshot) or of an exported
+/// weights file. `path` is a run directory (its newest checkpoint is used), a checkpoint folder
+/// or a `.safetensors` file that `emulsion export` wrote.
 pub fn sample<B: Backend>(path: &Path, request: &SampleRequest, device: &B::Device) -> Result<PathBuf, TrainError> {
-    let dir = if path.join("state.json").is_file() {
-        path.to_path_buf()
-    } else {
-        let root = RunDir::new(path).checkpoints();
-        let dir = checkpoint::latest(&root).map_err(|e| match e {
-            CheckpointError::NoneFound { dir } => TrainError::RunDir(format!(
-                "no complete checkpoint in {}: is {} a run directory of a run that reached its first checkpoint?{}",
-                dir.display(),
-                path.display(),
-                skipped_incomplete(&dir, 0)
-            )),
-            other => other.into(),
-        })?;
-        let step = Checkpoint::open(&dir)?.state.step;
-        tracing::info!("sampling from {} (step {}): the newest complete checkpoint of {}{}", dir.display(), step, path.display(), skipped_incomplete(&root, step));
-        dir
-    };
-    let ckpt = Checkpoint::open(&dir)?;
-    let config = Config::from_recorded_toml(&ckpt.read_file(CONFIG_FILE)?, &dir.join(CONFIG_FILE))?;
-    let unet: UNetConfig = serde_json::from_str(&ckpt.read_file(UNET_FILE)?).map_err(|e| CheckpointError::Invalid {
-        path: dir.join(UNET_FILE),
-        reason: e.to_string(),
-    })?;
+    let (net, config, unet) = sampling_network::<B>(path, device)?;
     let recipe = Recipe::from_config(&config)?;
     let schedule = recipe.objective.schedule().clone();
     let precond = recipe.objective.precond();
-    let trainer: Trainer<B> = recipe.init::<B>(&unet, device);
-    let record = ckpt.load_for(MODEL, &trainer, device)?;
-    let trainer = trainer.load_record(record);
     let defaults = &config.sample;
     let options = SampleConfig {
         sampler: request.sampler.unwrap_or(defaults.sampler),
@@ -445,8 +446,58 @@ pub fn sample<B: Backend>(path: &Path, request: &SampleRequest, device: &B::Devi
     let requested = Config { sample: options.clone(), ..config.clone() };
     requested.validate().map_err(|e| TrainError::RunDir(format!("this run cannot be sampled so: {e}")))?;
     let generator = Generator { precond, schedule, shape: [unet.in_channels, unet.image_size] };
-    let images = generator.generate(&trainer.ema, &options, 0..request.n, seeds::derive(options.seed, Stream::Sample, 0), device);
+    let images = generator.generate(&net, &options, 0..request.n, seeds::derive(options.seed, Stream::Sample, 0), device);
     save_grid(images, grid_columns(request.n, unet.num_classes), &request.out)
         .map_err(|source| TrainError::Io { path: request.out.clone(), source })?;
     Ok(request.out.clone())
+}
+
+/// The checkpoint folder `path` names: itself, or a run directory's newest complete one.
+pub(crate) fn checkpoint_in(path: &Path) -> Result<PathBuf, TrainError> {
+    if path.join("state.json").is_file() {
+        return Ok(path.to_path_buf());
+    }
+    let root = RunDir::new(path).checkpoints();
+    let dir = checkpoint::latest(&root).map_err(|e| match e {
+        CheckpointError::NoneFound { dir } => TrainError::RunDir(format!(
+            "no complete checkpoint in {}: is {} a run directory of a run that reached its first checkpoint, or an exported .safetensors file?{}",
+            dir.display(),
+            path.display(),
+            skipped_incomplete(&dir, 0)
+        )),
+        other => other.into(),
+    })?;
+    let step = Checkpoint::open(&dir)?.state.step;
+    tracing::info!("{} (step {}): the newest complete checkpoint of {}{}", dir.display(), step, path.display(), skipped_incomplete(&root, step));
+    Ok(dir)
+}
+
+/// The EMA network `path` names, its run's config and its shape: an exported weights file, a
+/// checkpoint folder or a run directory (its newest checkpoint).
+pub fn sampling_network<B: Backend>(path: &Path, device: &B::Device) -> Result<(UNet<B>, Config, UNetConfig), TrainError> {
+    if export::is_weights_file(path) {
+        let exported = export::load::<B>(path, device)?;
+        return Ok((exported.net, exported.config, exported.info.unet));
+    }
+    sampling_weights::<B>(&checkpoint_in(path)?, device)
+}
+
+/// The EMA network of the checkpoint `dir`, its config and shape: from its sampling snapshot,
+/// or, for a checkpoint written before snapshots, from its training state.
+fn sampling_weights<B: Backend>(dir: &Path, device: &B::Device) -> Result<(UNet<B>, Config, UNetConfig), TrainError> {
+    let ckpt = Checkpoint::open(dir)?;
+    let snapshot = dir.join(SNAPSHOT_FILE);
+    if snapshot.is_file() {
+        let exported = export::load::<B>(&snapshot, device)?;
+        return Ok((exported.net, exported.config, exported.info.unet));
+    }
+    tracing::info!("{} has no {SNAPSHOT_FILE} (written before sampling snapshots): its EMA is read from the training state", dir.display());
+    let config = Config::from_recorded_toml(&ckpt.read_file(CONFIG_FILE)?, &dir.join(CONFIG_FILE))?;
+    let unet: UNetConfig = serde_json::from_str(&ckpt.read_file(UNET_FILE)?).map_err(|e| CheckpointError::Invalid {
+        path: dir.join(UNET_FILE),
+        reason: e.to_string(),
+    })?;
+    let trainer: Trainer<B> = Recipe::from_config(&config)?.init::<B>(&unet, device);
+    let record = ckpt.load_for(MODEL, &trainer, device)?;
+    Ok((trainer.load_record(record).ema, config, unet))
 }

@@ -17,6 +17,7 @@ use burn::train::{
     SupervisedTrainingEventProcessor, TrainLoader, TrainingComponents, TrainingItem, ValidLoader,
 };
 use emulsion_sample::grid::{grid_columns, save_grid};
+use emulsion_models::UNetConfig;
 use emulsion_sample::{progress, Generator, SampleConfig};
 
 use burn::module::{ModuleVisitor, Param};
@@ -26,6 +27,7 @@ use burn::tensor::Transaction;
 use crate::checkpoint::{CheckpointStore, JournalWindow, SkipCount, TrainState};
 use crate::monitor::journal_line_due;
 use crate::config::OnNonFinite;
+use crate::export::{self, SNAPSHOT_FILE};
 use crate::optim::grad_norm_squared;
 use crate::trainer::DiffusionOutput;
 use crate::data::DataOrder;
@@ -54,6 +56,10 @@ pub struct StepPlan {
     pub wall_time_offset: f64,
     /// Small text files written into every checkpoint (the resolved config and the model shape).
     pub checkpoint_files: Vec<(String, String)>,
+    /// The network, for the checkpoints' sampling snapshots.
+    pub unet: UNetConfig,
+    /// The resolved config (TOML), recorded in the snapshots.
+    pub config_toml: String,
     /// What a non-finite loss or gradient norm does, and how many skips in a row end the run.
     pub on_nonfinite: OnNonFinite,
     pub max_skipped_steps: usize,
@@ -120,7 +126,15 @@ where
             skipped: *skipped,
             ..TrainState::new(step, plan.seed, plan.order.position(step), step * plan.batch_size as u64, plan.wall_time_offset + started.elapsed().as_secs_f64())
         };
-        Ok(self.store.save(learner, &state, &plan.checkpoint_files, store_client)?)
+        // The sampling snapshot: the EMA weights alone, readable without Burn (`export.rs`).
+        let snapshot = export::snapshot(&learner.model().ema.valid(), &plan.unet, &plan.config_toml, step);
+        let files: Vec<(&str, &[u8])> = plan
+            .checkpoint_files
+            .iter()
+            .map(|(name, text)| (name.as_str(), text.as_bytes()))
+            .chain([(SNAPSHOT_FILE, snapshot.as_slice())])
+            .collect();
+        Ok(self.store.save(learner, &state, &files, store_client)?)
     }
 
     fn sample(&self, model: &Trainer<B>, step: u64) -> Result<PathBuf, TrainError> {

@@ -1,7 +1,7 @@
 //! The module Burn's `Learner` trains: the network, its EMA copy (kept in the module so it is
 //! checkpointed with it), and the recipe of one training step.
 
-use burn::module::{AutodiffModule, Module, ModuleVisitor, Param};
+use burn::module::{AutodiffModule, Module, ModuleMapper, ModuleVisitor, Param, ParamId};
 use burn::optim::{GradientsAccumulator, GradientsParams, Optimizer};
 use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
@@ -58,8 +58,25 @@ impl Recipe {
         };
         // Two initialisations from one seed: the same values under distinct parameter ids, so
         // the optimiser never mistakes an EMA parameter for a weight.
-        Trainer { net: init(device), ema: init(device), recipe: self }
+        Trainer { net: number_parameters(init(device), 0), ema: number_parameters(init(device), EMA_IDS), recipe: self }
     }
+}
+
+/// The first parameter id of the EMA copy (the network's count from 0).
+const EMA_IDS: u64 = 1 << 32;
+
+/// Numbers `module`'s parameters `first, first + 1, …` in visiting order. Burn draws parameter
+/// ids at random, and records hold them: two identical runs would write different bytes.
+fn number_parameters<B: Backend, M: Module<B>>(module: M, first: u64) -> M {
+    struct Numbering(u64);
+    impl<B: Backend> ModuleMapper<B> for Numbering {
+        fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
+            let (_, tensor, mapper) = param.consume();
+            self.0 += 1;
+            Param::from_mapped_value(ParamId::from(self.0 - 1), tensor, mapper)
+        }
+    }
+    module.map(&mut Numbering(first))
 }
 
 /// Draws the values of every lazily initialised parameter of `module`.

@@ -27,7 +27,7 @@ fn train(out: &Path, method: &str, extra: &[&str]) -> Vec<TrainLine> {
     overrides.push(format!("assignment.method={method}"));
     overrides.extend(extra.iter().map(|s| s.to_string()));
     let config = common::quickstart_config(out, method, &overrides);
-    let options = TrainOptions { resume: Resume::No, overwrite: true };
+    let options = TrainOptions { resume: Resume::No, overwrite: true, ..Default::default() };
     emulsion_train::train::<B>(&config, &Default::default(), &options).unwrap();
     train_lines(&config.run_dir().join("metrics.jsonl")).unwrap()
 }

@@ -32,7 +32,7 @@ fn every_objective_trains_and_samples() {
                 .into();
         overrides.extend(extra.iter().map(|s| s.to_string()));
         let config = common::quickstart_config(&out, name, &overrides);
-        emulsion_train::train::<B>(&config, &Default::default(), &TrainOptions { resume: Resume::No, overwrite: true }).unwrap();
+        emulsion_train::train::<B>(&config, &Default::default(), &TrainOptions { resume: Resume::No, overwrite: true, ..Default::default() }).unwrap();
         let journal = train_lines(&config.run_dir().join("metrics.jsonl")).unwrap();
         assert_eq!(journal.len(), 2, "{name}");
         assert!(journal.iter().all(|l| l.loss.is_finite() && l.loss > 0.0), "{name}: {journal:?}");

@@ -106,7 +106,7 @@ fn resuming_reproduces_the_uninterrupted_run_bit_for_bit() {
         let first_half = run("resumed", 3);
         emulsion_train::train::<B>(&first_half, &device, &TrainOptions::default()).unwrap();
         let second_half = run("resumed", 6);
-        let report = emulsion_train::train::<B>(&second_half, &device, &TrainOptions { resume: Resume::Latest, overwrite: false }).unwrap();
+        let report = emulsion_train::train::<B>(&second_half, &device, &TrainOptions { resume: Resume::Latest, ..Default::default() }).unwrap();
         assert_eq!((report.start_step, report.last_step), (3, 6));
 
         let (net_a, ema_a, step_a) = final_model(&straight.run_dir(), &straight);
@@ -154,7 +154,7 @@ fn a_resumed_run_logs_the_same_journal_as_the_uninterrupted_one() {
     emulsion_train::train::<B>(&run("resumed", 4), &device, &TrainOptions::default()).unwrap();
     // The first session wrote its checkpoint at step 3 and stopped at step 4; resume at 3.
     let resumed = run("resumed", 10);
-    let report = emulsion_train::train::<B>(&resumed, &device, &TrainOptions { resume: Resume::From(resumed.run_dir().join("checkpoints/step-00000003")), overwrite: false }).unwrap();
+    let report = emulsion_train::train::<B>(&resumed, &device, &TrainOptions { resume: Resume::From(resumed.run_dir().join("checkpoints/step-00000003")), ..Default::default() }).unwrap();
     assert_eq!(report.start_step, 3);
     let lines = |name: &str| -> Vec<(u64, f64, Option<f64>)> {
         emulsion_train::journal::train_lines(&root.join(name).join("metrics.jsonl"))

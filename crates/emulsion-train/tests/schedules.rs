@@ -34,7 +34,7 @@ fn every_schedule_trains_on_the_quickstart_data() {
         .into();
         let config = common::quickstart_config(&out, &kind.to_string(), &overrides);
         assert_eq!(Recipe::from_config(&config).unwrap().objective.schedule().curve(), &curve);
-        let options = TrainOptions { resume: Resume::No, overwrite: true };
+        let options = TrainOptions { resume: Resume::No, overwrite: true, ..Default::default() };
         let report = emulsion_train::train::<B>(&config, &Default::default(), &options).unwrap();
         assert!(report.last_samples.is_some_and(|p| p.exists()), "{kind}: samples were drawn");
 

@@ -254,6 +254,14 @@ fn quickstart_data_trains_samples_and_fills_the_run_directory() {
     }
     usage_error(emulsion(&["sample", run.to_str().unwrap(), "--sampler", "plms", "--device", "cpu"]), &["'plms'", "--sampler", "possible values", "heun", "dpmpp_2m"]);
     fails_with(emulsion(&["sample", out.to_str().unwrap(), "--device", "cpu"]), &["no complete checkpoint"]);
+
+    // The weights for PyTorch, beside their description; and sampled like the run.
+    let weights = out.join("qs.safetensors");
+    ok(emulsion(&["export", run.to_str().unwrap(), "--out", weights.to_str().unwrap()]));
+    let info: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("qs.json")).unwrap()).unwrap();
+    assert_eq!((info["step"].as_u64(), info["weights"].as_str(), info["songunet"]["img_resolution"].as_u64()), (Some(4), Some("ema"), Some(28)));
+    ok(emulsion(&["sample", weights.to_str().unwrap(), "--n", "2", "--steps", "2", "--out", grid.to_str().unwrap(), "--device", "cpu"]));
+    fails_with(emulsion(&["export", out.to_str().unwrap(), "--out", weights.to_str().unwrap()]), &["no complete checkpoint"]);
 }
 
 #[test]
@@ -670,15 +678,26 @@ fn mismatched_or_damaged_checkpoints_are_named_errors() {
     fails_with(resume_with("model.class_conditional=false"), &["model.mpk", "map_label", "does not have"]);
 
     let sample = |out_png: &str| emulsion(&["sample", run.to_str().unwrap(), "--n", "1", "--steps", "1", "--device", "cpu", "--out", out.join(out_png).to_str().unwrap()]);
+    // The training state is read by `export --raw` (`sample` reads the snapshot).
+    let export_raw = || emulsion(&["export", run.to_str().unwrap(), "--raw", "--out", out.join("raw.safetensors").to_str().unwrap()]);
     let unet = std::fs::read_to_string(step4.join("unet.json")).unwrap();
     std::fs::write(step4.join("unet.json"), unet.replace("\"model_channels\": 8", "\"model_channels\": 16")).unwrap();
-    fails_with(sample("a.png"), &["step-00000004", "model.mpk", "has shape"]);
+    fails_with(export_raw(), &["step-00000004", "model.mpk", "has shape"]);
     std::fs::write(step4.join("unet.json"), &unet).unwrap();
 
     let record = std::fs::read(step4.join("model.mpk")).unwrap();
     std::fs::write(step4.join("model.mpk"), &record[..record.len() / 2]).unwrap();
-    fails_with(sample("b.png"), &["model.mpk", "corrupt"]);
+    fails_with(export_raw(), &["model.mpk", "corrupt"]);
     std::fs::write(step4.join("model.mpk"), &record).unwrap();
+
+    // A damaged sampling snapshot is named; without one, the EMA comes from the training state.
+    let snapshot = std::fs::read(step4.join("ema.safetensors")).unwrap();
+    std::fs::write(step4.join("ema.safetensors"), &snapshot[..snapshot.len() / 2]).unwrap();
+    fails_with(sample("a.png"), &["ema.safetensors", "not a safetensors file"]);
+    std::fs::remove_file(step4.join("ema.safetensors")).unwrap();
+    let from_record = ok(sample("b.png"));
+    assert!(stderr(&from_record).contains("has no ema.safetensors"), "{}", stderr(&from_record));
+    std::fs::write(step4.join("ema.safetensors"), &snapshot).unwrap();
 
     let state = std::fs::read_to_string(step4.join("state.json")).unwrap();
     std::fs::write(step4.join("state.json"), state.replace("\"step\": 4", "\"step\": 999")).unwrap();

@@ -89,6 +89,9 @@ impl UNetConfig {
         if self.model_channels % 2 != 0 || self.model_channels < 4 {
             return Err(format!("model_channels must be even and at least 4, got {}", self.model_channels));
         }
+        if self.in_channels == 0 {
+            return Err("in_channels must be at least 1".into());
+        }
         let factor = 1usize << (levels - 1);
         if self.image_size == 0 || self.image_size % factor != 0 {
             return Err(format!(

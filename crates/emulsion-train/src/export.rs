@@ -65,6 +65,7 @@ pub fn load<B: Backend>(path: &Path, device: &B::Device) -> Result<Exported<B>, 
     })?;
     let info: ExportInfo = serde_json::from_str(text).map_err(|e| invalid(path, format!("its `{INFO_KEY}` metadata: {e}")))?;
     info.unet.validate().map_err(|e| invalid(path, format!("its network: {e}")))?;
+    songunet::check_sizes(&info.unet, &state).map_err(|e| invalid(path, format!("its metadata's network does not hold these weights: {e}")))?;
     let config = Config::from_recorded_toml(&info.config, path)?;
     let net = info.unet.init::<B>(device).load_state_dict(&info.unet, &state).map_err(|e| invalid(path, e))?;
     Ok(Exported { net, info, config })

@@ -1,8 +1,8 @@
 //! Every parser of untrusted input, fed seeded random damage of valid files — truncations, byte
 //! flips, inserted and repeated runs of bytes — must answer with an error or a value, never a
 //! panic: config TOML, IDX images and labels (raw and gzipped), CIFAR-10 batches, image folders
-//! (PNG, JPEG), `.npy` (the FID and the assignment readers), `.npz` statistics, `state.json`, and
-//! checkpoint records (checked, then loaded by Burn).
+//! (PNG, JPEG), `.npy` (the FID and the assignment readers), `.npz` statistics, `state.json`,
+//! checkpoint records (checked, then loaded by Burn) and weights files (a checkpoint's snapshot).
 
 mod common;
 
@@ -12,11 +12,12 @@ use std::sync::{Arc, Mutex};
 use burn::backend::{Autodiff, NdArray};
 use emulsion_train::checkpoint::{self, Checkpoint, MODEL};
 use emulsion_train::config::Split;
+use emulsion_train::export::SNAPSHOT_FILE;
 use emulsion_train::trainer::{Recipe, Trainer};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-/// Damaged variants of each valid input: 4,800 cases over the 12 parsers.
+/// Damaged variants of each valid input: 5,200 cases over the 13 parsers.
 const CASES_PER_PARSER: usize = 400;
 
 /// One kind of damage, chosen and placed by `rng`.
@@ -219,6 +220,14 @@ fn damaged_inputs_give_errors_never_panics() {
         ckpt.load_for::<_, NdArray<f32>>(MODEL, &trainer, &Default::default()).map(drop).map_err(|e| e.to_string())
     });
 
+    // The checkpoint's sampling snapshot: an exported weights file, with its metadata.
+    let snapshot_path = checkpoint_dir.join(SNAPSHOT_FILE);
+    let snapshot = std::fs::read(&snapshot_path).unwrap();
+    run("weights file", &snapshot, 12, &mut |bytes| {
+        write(&snapshot_path, bytes);
+        emulsion_train::export::load::<NdArray<f32>>(&snapshot_path, &Default::default()).map(drop).map_err(|e| e.to_string())
+    });
+
     let total: usize = all.iter().map(|(_, t)| t.accepted + t.rejected + t.panics.len()).sum();
     eprintln!("{total} damaged inputs in all");
     let panics = panics.lock().unwrap();
@@ -227,7 +236,7 @@ fn damaged_inputs_give_errors_never_panics() {
     // refusals: damage inside pixel or tensor bytes still loads.
     for (name, tally) in &all {
         assert!(tally.rejected > 0, "{name}: no damaged input was rejected");
-        if ["idx images", "cifar", "checkpoint record"].contains(&name.as_str()) {
+        if ["idx images", "cifar", "checkpoint record", "weights file"].contains(&name.as_str()) {
             assert!(tally.accepted > 0, "{name}: every damaged input was rejected");
         }
     }

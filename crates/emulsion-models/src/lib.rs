@@ -10,6 +10,7 @@
 
 pub mod embedding;
 pub mod fdm;
+pub mod flex_conv;
 pub mod mlp;
 pub mod network;
 pub mod norm;

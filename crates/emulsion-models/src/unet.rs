@@ -11,6 +11,7 @@ use burn::tensor::module::{attention, avg_pool2d, interpolate};
 use burn::tensor::ops::{AttentionModuleOptions, InterpolateMode, InterpolateOptions};
 
 use crate::embedding::{NoiseEmbedding, NoiseFeatures};
+use crate::flex_conv::conv2d;
 use crate::norm::GroupNorm;
 
 /// √½: residual sums are scaled to keep unit variance.
@@ -231,7 +232,7 @@ impl<B: Backend> UNet<B> {
         }
         let emb = silu(self.map_layer1.forward(silu(self.map_layer0.forward(emb))));
 
-        let mut x = self.conv_in.forward(x);
+        let mut x = conv2d(&self.conv_in, x);
         let mut skips = vec![x.clone()];
         for block in &self.encoder {
             x = block.forward(x, emb.clone());
@@ -244,7 +245,7 @@ impl<B: Backend> UNet<B> {
             }
             x = block.forward(x, emb.clone());
         }
-        self.out_conv.forward(silu(self.out_norm.forward(x)))
+        conv2d(&self.out_conv, silu(self.out_norm.forward(x)))
     }
 }
 
@@ -326,12 +327,12 @@ struct UNetBlock<B: Backend> {
 
 impl<B: Backend> UNetBlock<B> {
     fn forward(&self, x: Tensor<B, 4>, emb: Tensor<B, 2>) -> Tensor<B, 4> {
-        let h = self.conv0.forward(self.resample.apply(silu(self.norm0.forward(x.clone()))));
+        let h = conv2d(&self.conv0, self.resample.apply(silu(self.norm0.forward(x.clone()))));
         let shift: Tensor<B, 4> = self.affine.forward(emb).unsqueeze_dims(&[2, 3]);
         let h = silu(self.norm1.forward(h + shift));
-        let h = self.conv1.forward(self.dropout.forward(h));
+        let h = conv2d(&self.conv1, self.dropout.forward(h));
         let skip = match &self.skip {
-            Some(conv) => conv.forward(self.resample.apply(x)),
+            Some(conv) => conv2d(conv, self.resample.apply(x)),
             None => x,
         };
         let x = (h + skip) * SKIP_SCALE;
@@ -358,9 +359,7 @@ impl<B: Backend> SelfAttention<B> {
         let [n, c, h, w] = x.dims();
         let (heads, d) = (self.num_heads, c / self.num_heads);
         // [N, 3C, H, W] -> [3, N, heads, H*W, d]
-        let qkv = self
-            .qkv
-            .forward(self.norm.forward(x.clone()))
+        let qkv = conv2d(&self.qkv, self.norm.forward(x.clone()))
             .reshape([n, 3, heads, d, h * w])
             .permute([1, 0, 2, 4, 3]);
         let part = |i: usize| -> Tensor<B, 4> {
@@ -369,7 +368,7 @@ impl<B: Backend> SelfAttention<B> {
         let a = attention(part(0), part(1), part(2), None, None, AttentionModuleOptions::default());
         // [N, heads, H*W, d] -> [N, C, H, W]
         let a = a.swap_dims(2, 3).reshape([n, c, h, w]);
-        (self.proj.forward(a) + x) * SKIP_SCALE
+        (conv2d(&self.proj, a) + x) * SKIP_SCALE
     }
 }
 

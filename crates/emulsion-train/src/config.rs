@@ -241,6 +241,12 @@ pub struct TrainConfig {
     /// Images per forward/backward pass: a batch is split into micro-batches of this size and
     /// their gradients summed, to bound memory (EDM's `batch_gpu`). 0: the whole batch at once.
     pub micro_batch: usize,
+    /// Threads computing the micro-batches of a step: their forward passes take turns (Burn's
+    /// CPU backends have one random generator per process) and their backward passes overlap.
+    /// On Burn's CPU backends, whose operations mostly keep one core busy, this is what uses a
+    /// second core; each thread holds one micro-batch's activations. The result is the same,
+    /// bit for bit, whatever the number. 0: two on a CPU with two cores or more, one on a GPU.
+    pub micro_batch_threads: usize,
     /// Optimiser steps in the whole run.
     pub steps: usize,
     /// Peak learning rate of AdamW.
@@ -288,6 +294,7 @@ impl Default for TrainConfig {
         Self {
             batch_size: 128,
             micro_batch: 0,
+            micro_batch_threads: 0,
             steps: 200_000,
             lr: 2e-4,
             warmup_steps: 5_000,

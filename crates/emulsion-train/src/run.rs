@@ -122,6 +122,7 @@ impl Recipe {
             grad_clip: config.train.grad_clip,
             label_dropout: config.model.label_dropout,
             micro_batch: config.train.micro_batch,
+            micro_batch_threads: config.train.micro_batch_threads,
             assignment: config.assignment,
         })
     }

@@ -1,6 +1,8 @@
 //! The module Burn's `Learner` trains: the network, its EMA copy (kept in the module so it is
 //! checkpointed with it), and the recipe of one training step.
 
+use std::sync::{Mutex, PoisonError};
+
 use burn::module::{AutodiffModule, Module, ModuleMapper, ModuleVisitor, Param, ParamId};
 use burn::optim::{GradientsAccumulator, GradientsParams, Optimizer};
 use burn::prelude::*;
@@ -33,6 +35,9 @@ pub struct Recipe {
     /// Images per forward/backward pass; a larger batch is split and its gradients summed
     /// (EDM's `batch_gpu`). 0: the whole batch at once.
     pub micro_batch: usize,
+    /// Threads computing micro-batches (see `TrainConfig::micro_batch_threads`); 0: two on a CPU
+    /// backend, one on a GPU. The results are the same bits whatever the number.
+    pub micro_batch_threads: usize,
     /// How each batch's noise is paired with its images (immiscible diffusion).
     pub assignment: AssignConfig,
 }
@@ -221,17 +226,32 @@ impl<B: AutodiffBackend + AssignBackend> TrainStep for Trainer<B> {
             0 => n,
             m => m.min(n),
         };
+        let parts: Vec<MicroBatch<B>> = (0..n)
+            .step_by(size)
+            .enumerate()
+            .map(|(chunk, start)| {
+                let len = size.min(n - start);
+                MicroBatch {
+                    chunk: chunk as u64,
+                    images: images.clone().narrow(0, start, len),
+                    noise: noise.noise.clone().narrow(0, start, len),
+                    labels: labels.as_ref().map(|l| l.clone().narrow(0, start, len)),
+                    // Weighted by its share of the batch, so the sum is the batch mean.
+                    share: (len < n).then(|| len as f64 / n as f64),
+                }
+            })
+            .collect();
+        let threads = micro_batch_threads::<B>(self.recipe.micro_batch_threads, &images.device()).min(parts.len());
+        let results = if threads <= 1 {
+            parts.into_iter().map(|part| self.micro_batch_grads(part, step)).collect()
+        } else {
+            self.micro_batch_grads_in_parallel(parts, threads, step)
+        };
+        // Summed in micro-batch order whatever the threads: the same bits as one thread.
         let mut accumulator = GradientsAccumulator::new();
         let mut total: Option<Tensor<B, 1>> = None;
-        for (chunk, start) in (0..n).step_by(size).enumerate() {
-            let len = size.min(n - start);
-            let part_labels = labels.as_ref().map(|l| l.clone().narrow(0, start, len));
-            let part_noise = noise.noise.clone().narrow(0, start, len);
-            let part = self.chunk_loss(images.clone().narrow(0, start, len), part_noise, part_labels, step, chunk as u64);
-            // Weighted by its share of the batch, so the sum is the batch mean.
-            let loss = if len == n { part } else { part * (len as f64 / n as f64) };
-            accumulator.accumulate(self, GradientsParams::from_grads(loss.backward(), self));
-            let loss = loss.detach();
+        for (grads, loss) in results {
+            accumulator.accumulate(self, grads);
             total = Some(match total {
                 Some(t) => t + loss,
                 None => loss,
@@ -260,6 +280,97 @@ impl<B: AutodiffBackend + AssignBackend> TrainStep for Trainer<B> {
     }
 }
 
+/// One micro-batch of a step: its images, their noise and labels, and its index in the step.
+struct MicroBatch<B: Backend> {
+    chunk: u64,
+    images: Tensor<B, 4>,
+    noise: Tensor<B, 4>,
+    labels: Option<Tensor<B, 1, Int>>,
+    /// Its share of the batch, when it is not the whole batch.
+    share: Option<f64>,
+}
+
+/// Held from a micro-batch's seeding to the end of its forward pass: Burn's CPU backends keep one
+/// generator per process, so micro-batches computed at once take turns to draw from it (their
+/// backward passes, which draw nothing, run side by side).
+static BACKEND_DRAWS: Mutex<()> = Mutex::new(());
+
+/// How many threads compute micro-batches: `configured`, or for 0 two on Burn's CPU backends
+/// (whose operations mostly keep one core busy; as forward passes take turns, a third thread
+/// would mostly wait) when there are two cores, and one on a GPU.
+fn micro_batch_threads<B: Backend>(configured: usize, device: &B::Device) -> usize {
+    match configured {
+        0 if is_cpu_backend::<B>(device) => std::thread::available_parallelism().map_or(1, |n| n.get().min(2)),
+        0 => 1,
+        n => n,
+    }
+}
+
+/// Whether `B` is (an autodiff of) Burn's Flex or ndarray backend, by the names Burn gives them.
+fn is_cpu_backend<B: Backend>(device: &B::Device) -> bool {
+    let name = B::name(device);
+    ["flex", "ndarray"].iter().any(|cpu| name == *cpu || name == format!("autodiff<{cpu}>"))
+}
+
+impl<B: AutodiffBackend + AssignBackend> Trainer<B> {
+    /// The gradients and (detached, weighted) loss of one micro-batch.
+    fn micro_batch_grads(&self, part: MicroBatch<B>, step: u64) -> (GradientsParams, Tensor<B, 1>) {
+        let loss = {
+            let _draws = BACKEND_DRAWS.lock().unwrap_or_else(PoisonError::into_inner);
+            let loss = self.chunk_loss(part.images, part.noise, part.labels, step, part.chunk);
+            match part.share {
+                Some(share) => loss * share,
+                None => loss,
+            }
+        };
+        (GradientsParams::from_grads(loss.backward(), self), loss.detach())
+    }
+
+    /// The same trainer whose network's parameters are new leaves of the autodiff graph (same
+    /// values, same ids). Threads that share leaves share Burn's graph, and one thread's backward
+    /// pass then deadlocks with another's forward pass.
+    fn replica(&self) -> Self {
+        struct NewLeaves;
+        impl<B: AutodiffBackend> ModuleMapper<B> for NewLeaves {
+            fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
+                let (id, tensor, mapper) = param.consume();
+                // A detached tensor is a new leaf, and keeps `require_grad`.
+                Param::from_mapped_value(id, tensor.detach(), mapper)
+            }
+        }
+        Trainer { net: self.net.clone().map(&mut NewLeaves), ema: self.ema.clone(), recipe: self.recipe.clone() }
+    }
+
+    /// [`Self::micro_batch_grads`] of every part on `threads` threads, each with its own
+    /// [`Self::replica`], in the parts' order.
+    fn micro_batch_grads_in_parallel(&self, parts: Vec<MicroBatch<B>>, threads: usize, step: u64) -> Vec<(GradientsParams, Tensor<B, 1>)> {
+        let count = parts.len();
+        let queue = Mutex::new(parts.into_iter().enumerate());
+        let mut done: Vec<(usize, (GradientsParams, Tensor<B, 1>))> = std::thread::scope(|scope| {
+            let workers: Vec<_> = (0..threads)
+                .map(|_| {
+                    scope.spawn(|| {
+                        let replica = self.replica();
+                        let mut done = Vec::new();
+                        loop {
+                            let next = queue.lock().unwrap_or_else(PoisonError::into_inner).next();
+                            let Some((index, part)) = next else { break done };
+                            done.push((index, replica.micro_batch_grads(part, step)));
+                        }
+                    })
+                })
+                .collect();
+            workers
+                .into_iter()
+                .flat_map(|worker| worker.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)))
+                .collect()
+        });
+        done.sort_by_key(|(index, _)| *index);
+        debug_assert_eq!(done.len(), count);
+        done.into_iter().map(|(_, result)| result).collect()
+    }
+}
+
 impl<B: AssignBackend> InferenceStep for Trainer<B> {
     type Input = DiffusionBatch<B>;
     type Output = DiffusionOutput<B>;
@@ -285,6 +396,7 @@ mod tests {
             grad_clip: 1.0,
             label_dropout: 0.5,
             micro_batch: 0,
+            micro_batch_threads: 1,
             assignment: AssignConfig::default(),
         }
     }
@@ -359,6 +471,30 @@ mod tests {
         let mut grab = Grab(grads, Vec::new());
         module.visit(&mut grab);
         grab.1
+    }
+
+    #[test]
+    fn micro_batches_on_several_threads_give_the_bits_of_one() {
+        let _rng = crate::lock_backend_rng();
+        let device = Default::default();
+        // Dropout and label dropout: every micro-batch draws during its forward pass.
+        let unet = tiny().with_dropout(0.3);
+        let run = |threads| {
+            let mut trainer = recipe(6).init::<TestAutodiffBackend>(&unet, &device);
+            trainer.recipe.micro_batch = 1;
+            trainer.recipe.micro_batch_threads = threads;
+            <TestAutodiffBackend as Backend>::seed(&device, 8);
+            let images = Tensor::<TestAutodiffBackend, 4>::random([5, 1, 4, 4], Distribution::Uniform(-1.0, 1.0), &device);
+            let labels = Tensor::<TestAutodiffBackend, 1, Int>::from_ints([0, 1, 2, 0, 1], &device);
+            let out = TrainStep::step(&trainer, DiffusionBatch { images, labels: Some(labels), step: 3 });
+            (out.item.loss.into_scalar(), flat_grads(&trainer, &out.grads))
+        };
+        let one = run(1);
+        assert!(!one.1.is_empty());
+        for threads in [2, 3, 8] {
+            let many = run(threads);
+            assert!(many == one, "{threads} threads: loss {} vs {}", many.0, one.0);
+        }
     }
 
     #[test]

@@ -732,6 +732,30 @@ fn a_diverging_run_stops_with_a_clear_error_and_leaves_only_finite_checkpoints()
     fails_with(emulsion(&with_sets(&["train", "configs/quickstart.toml", "--device", "cpu"], &skip)), &["3 non-finite steps in a row", "train.max_skipped_steps = 2"]);
 }
 
+/// On the CPU backend (Flex, with this project's convolution gradients), micro-batches computed
+/// on several threads train the same weights, bit for bit, as on one; dropout and label dropout
+/// make every micro-batch draw during its forward pass.
+#[test]
+fn micro_batch_threads_train_the_same_bits_as_one_thread() {
+    let out = tempdir("threads");
+    let weights = |threads: usize| {
+        let mut sets = tiny(&out, &format!("t{threads}"));
+        sets.extend([
+            "train.micro_batch=2".to_string(),
+            format!("train.micro_batch_threads={threads}"),
+            "model.dropout=0.2".into(),
+            "train.sample_every=0".into(),
+        ]);
+        ok(emulsion(&with_sets(&["train", "configs/quickstart.toml", "--device", "cpu"], &sets)));
+        // The network and its EMA (the snapshot's metadata names the run, so it differs).
+        std::fs::read(out.join(format!("t{threads}/checkpoints/step-00000004/model.mpk"))).unwrap()
+    };
+    let one = weights(1);
+    for threads in [2, 3] {
+        assert!(weights(threads) == one, "{threads} threads: model.mpk differs from one thread's");
+    }
+}
+
 /// Resuming from an older checkpoint sets the newer ones aside (kept, not deleted), so that
 /// neither pruning nor a later `--resume` mixes the abandoned continuation with the new one.
 #[test]

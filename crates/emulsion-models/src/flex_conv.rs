@@ -28,7 +28,7 @@ use burn::tensor::ops::{ConvOptions, FloatTensor, ModuleOps};
 use burn::tensor::{DType, Tensor, TensorData, TensorPrimitive};
 
 /// The training backend whose convolution gradients this file computes.
-type AutodiffFlex = Autodiff<Flex>;
+pub(crate) type AutodiffFlex = Autodiff<Flex>;
 
 /// `conv.forward(x)`, with the gradients of this file where [`gemm_padding`] allows.
 pub fn conv2d<B: Backend>(conv: &Conv2d<B>, x: Tensor<B, 4>) -> Tensor<B, 4> {
@@ -57,7 +57,7 @@ fn gemm_padding<B: Backend>(conv: &Conv2d<B>, x: &Tensor<B, 4>) -> Option<usize>
 }
 
 /// Moves a value into the type it is known (by `TypeId`) to be.
-fn cast<T: 'static, U: 'static>(value: T) -> U {
+pub(crate) fn cast<T: 'static, U: 'static>(value: T) -> U {
     let mut slot = Some(value);
     (&mut slot as &mut dyn Any)
         .downcast_mut::<Option<U>>()

@@ -11,6 +11,7 @@
 pub mod embedding;
 pub mod fdm;
 pub mod flex_conv;
+mod flex_group_norm;
 pub mod mlp;
 pub mod network;
 pub mod norm;

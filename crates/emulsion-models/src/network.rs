@@ -22,6 +22,13 @@ pub trait Network<B: Backend>: Module<B> {
         let classes = self.num_classes();
         (classes > 0).then_some(classes)
     }
+
+    /// Whether a forward pass draws from the backend's generator (dropout masks, in training).
+    /// Passes computed at once on Burn's CPU backends, which keep one generator per process,
+    /// must then take turns.
+    fn draws_in_forward(&self) -> bool {
+        true
+    }
 }
 
 impl<B: Backend> Network<B> for UNet<B> {
@@ -31,5 +38,9 @@ impl<B: Backend> Network<B> for UNet<B> {
 
     fn num_classes(&self) -> usize {
         UNet::num_classes(self)
+    }
+
+    fn draws_in_forward(&self) -> bool {
+        UNet::draws_in_forward(self)
     }
 }

@@ -2,6 +2,9 @@
 
 use burn::module::{Initializer, Param};
 use burn::prelude::*;
+use burn::tensor::activation::silu;
+
+use crate::flex_group_norm;
 
 /// GroupNorm with EDM's grouping: at most 32 groups of at least 4 channels.
 ///
@@ -43,6 +46,22 @@ impl<B: Backend> GroupNorm<B> {
     /// # Shapes
     /// - `x`: `[N, C, H, W]`, output the same.
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
+        match flex_group_norm::group_norm(&x, &self.gamma.val(), &self.beta.val(), self.groups, self.epsilon, false) {
+            Some(y) => y,
+            None => self.composed(x),
+        }
+    }
+
+    /// `silu(self.forward(x))`, in one pass on Burn's CPU backend.
+    pub fn forward_silu(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
+        match flex_group_norm::group_norm(&x, &self.gamma.val(), &self.beta.val(), self.groups, self.epsilon, true) {
+            Some(y) => y,
+            None => silu(self.composed(x)),
+        }
+    }
+
+    /// The normalisation from Burn's ops, for every backend.
+    pub(crate) fn composed(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
         let [n, c, h, w] = x.dims();
         let grouped = x.reshape([n, self.groups, c / self.groups * h * w]);
         let centered = grouped.clone() - grouped.mean_dim(2);

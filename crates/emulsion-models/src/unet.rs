@@ -202,6 +202,12 @@ impl<B: Backend> UNet<B> {
         self.num_classes
     }
 
+    /// Whether a forward pass draws dropout masks: Burn's dropout draws only when the backend
+    /// tracks gradients and the probability is not 0.
+    pub fn draws_in_forward(&self) -> bool {
+        B::ad_enabled(&self.conv_in.weight.device()) && self.encoder.iter().chain(&self.decoder).any(|block| block.dropout.prob > 0.0)
+    }
+
     /// The label index that means "no class" (classifier-free guidance), if conditional.
     pub fn null_label(&self) -> Option<usize> {
         (self.num_classes > 0).then_some(self.num_classes)
@@ -245,7 +251,7 @@ impl<B: Backend> UNet<B> {
             }
             x = block.forward(x, emb.clone());
         }
-        conv2d(&self.out_conv, silu(self.out_norm.forward(x)))
+        conv2d(&self.out_conv, self.out_norm.forward_silu(x))
     }
 }
 
@@ -327,9 +333,9 @@ struct UNetBlock<B: Backend> {
 
 impl<B: Backend> UNetBlock<B> {
     fn forward(&self, x: Tensor<B, 4>, emb: Tensor<B, 2>) -> Tensor<B, 4> {
-        let h = conv2d(&self.conv0, self.resample.apply(silu(self.norm0.forward(x.clone()))));
+        let h = conv2d(&self.conv0, self.resample.apply(self.norm0.forward_silu(x.clone())));
         let shift: Tensor<B, 4> = self.affine.forward(emb).unsqueeze_dims(&[2, 3]);
-        let h = silu(self.norm1.forward(h + shift));
+        let h = self.norm1.forward_silu(h + shift);
         let h = conv2d(&self.conv1, self.dropout.forward(h));
         let skip = match &self.skip {
             Some(conv) => conv2d(conv, self.resample.apply(x)),

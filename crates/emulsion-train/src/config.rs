@@ -241,8 +241,9 @@ pub struct TrainConfig {
     /// Images per forward/backward pass: a batch is split into micro-batches of this size and
     /// their gradients summed, to bound memory (EDM's `batch_gpu`). 0: the whole batch at once.
     pub micro_batch: usize,
-    /// Threads computing the micro-batches of a step: their forward passes take turns (Burn's
-    /// CPU backends have one random generator per process) and their backward passes overlap.
+    /// Threads computing the micro-batches of a step: they take turns to draw noise levels and
+    /// label drops (Burn's CPU backends have one random generator per process), and forward
+    /// passes too when the network has dropout; the rest runs side by side.
     /// On Burn's CPU backends, whose operations mostly keep one core busy, this is what uses a
     /// second core; each thread holds one micro-batch's activations. The result is the same,
     /// bit for bit, whatever the number. 0: two on a CPU with two cores or more, one on a GPU.

@@ -124,15 +124,23 @@ impl<B: AssignBackend> Trainer<B> {
 
     /// The mean loss of micro-batch `chunk` of step `step`, given its noise. Chunk 0 draws from
     /// the step's own seed, so an unsplit batch is the same whatever `micro_batch` is.
+    ///
+    /// Its draws (label drops, noise levels) are made holding [`BACKEND_DRAWS`], and its forward
+    /// pass too when the network draws dropout masks; otherwise forward passes on several
+    /// threads run side by side.
     fn chunk_loss(&self, images: Tensor<B, 4>, noise: Tensor<B, 4>, labels: Option<Tensor<B, 1, Int>>, step: u64, chunk: u64) -> Tensor<B, 1> {
         let device = images.device();
+        let turn = BACKEND_DRAWS.lock().unwrap_or_else(PoisonError::into_inner);
         let step_seed = seeds::derive(self.recipe.seed, Stream::Step, step);
         B::seed(&device, if chunk == 0 { step_seed } else { seeds::derive(step_seed, Stream::MicroBatch, chunk) });
         let labels = match (self.net.null_label(), labels) {
             (Some(null), Some(labels)) => Some(self.drop_labels(labels, null)),
             _ => None,
         };
-        let losses = self.recipe.objective.loss(&self.net, ObjectiveInput { x0: images, noise, labels, step });
+        let draws = self.recipe.objective.draw(step, images.dims()[0], &device);
+        let turn = self.net.draws_in_forward().then_some(turn);
+        let losses = self.recipe.objective.loss_given(&self.net, ObjectiveInput { x0: images, noise, labels, step }, draws);
+        drop(turn);
         losses.mean()
     }
 
@@ -290,14 +298,14 @@ struct MicroBatch<B: Backend> {
     share: Option<f64>,
 }
 
-/// Held from a micro-batch's seeding to the end of its forward pass: Burn's CPU backends keep one
-/// generator per process, so micro-batches computed at once take turns to draw from it (their
-/// backward passes, which draw nothing, run side by side).
+/// Held while a micro-batch seeds and draws from the backend's generator (to the end of its
+/// forward pass if the network draws dropout masks): Burn's CPU backends keep one generator per
+/// process, so micro-batches computed at once take turns to draw from it.
 static BACKEND_DRAWS: Mutex<()> = Mutex::new(());
 
 /// How many threads compute micro-batches: `configured`, or for 0 two on Burn's CPU backends
-/// (whose operations mostly keep one core busy; as forward passes take turns, a third thread
-/// would mostly wait) when there are two cores, and one on a GPU.
+/// (whose operations mostly keep one core busy; each thread holds a micro-batch's activations,
+/// and a third thread found no third core here) when there are two cores, and one on a GPU.
 fn micro_batch_threads<B: Backend>(configured: usize, device: &B::Device) -> usize {
     match configured {
         0 if is_cpu_backend::<B>(device) => std::thread::available_parallelism().map_or(1, |n| n.get().min(2)),
@@ -315,13 +323,10 @@ fn is_cpu_backend<B: Backend>(device: &B::Device) -> bool {
 impl<B: AutodiffBackend + AssignBackend> Trainer<B> {
     /// The gradients and (detached, weighted) loss of one micro-batch.
     fn micro_batch_grads(&self, part: MicroBatch<B>, step: u64) -> (GradientsParams, Tensor<B, 1>) {
-        let loss = {
-            let _draws = BACKEND_DRAWS.lock().unwrap_or_else(PoisonError::into_inner);
-            let loss = self.chunk_loss(part.images, part.noise, part.labels, step, part.chunk);
-            match part.share {
-                Some(share) => loss * share,
-                None => loss,
-            }
+        let loss = self.chunk_loss(part.images, part.noise, part.labels, step, part.chunk);
+        let loss = match part.share {
+            Some(share) => loss * share,
+            None => loss,
         };
         (GradientsParams::from_grads(loss.backward(), self), loss.detach())
     }
@@ -477,23 +482,30 @@ mod tests {
     fn micro_batches_on_several_threads_give_the_bits_of_one() {
         let _rng = crate::lock_backend_rng();
         let device = Default::default();
-        // Dropout and label dropout: every micro-batch draws during its forward pass.
-        let unet = tiny().with_dropout(0.3);
-        let run = |threads| {
-            let mut trainer = recipe(6).init::<TestAutodiffBackend>(&unet, &device);
-            trainer.recipe.micro_batch = 1;
-            trainer.recipe.micro_batch_threads = threads;
-            <TestAutodiffBackend as Backend>::seed(&device, 8);
-            let images = Tensor::<TestAutodiffBackend, 4>::random([5, 1, 4, 4], Distribution::Uniform(-1.0, 1.0), &device);
-            let labels = Tensor::<TestAutodiffBackend, 1, Int>::from_ints([0, 1, 2, 0, 1], &device);
-            let out = TrainStep::step(&trainer, DiffusionBatch { images, labels: Some(labels), step: 3 });
-            (out.item.loss.into_scalar(), flat_grads(&trainer, &out.grads))
-        };
-        let one = run(1);
-        assert!(!one.1.is_empty());
-        for threads in [2, 3, 8] {
-            let many = run(threads);
-            assert!(many == one, "{threads} threads: loss {} vs {}", many.0, one.0);
+        // With dropout, forward passes draw masks and take turns; without, they run side by side
+        // after their draws (label drops, levels, consistency training's mask seed).
+        for (objective, dropout) in [("edm", 0.3), ("edm", 0.0), ("ct", 0.0), ("ct", 0.3)] {
+            let unet = tiny().with_dropout(dropout);
+            let sampler = if objective == "ct" { "consistency" } else { "heun" };
+            let config = Config::from_toml(&format!("[data]\ndataset = \"idx\"\n[diffusion]\nobjective = \"{objective}\"\n[sample]\nsampler = \"{sampler}\"\n"), std::path::Path::new("t.toml"), &[]).unwrap();
+            assert_eq!(unet.init::<TestAutodiffBackend>(&device).draws_in_forward(), dropout > 0.0);
+            let run = |threads| {
+                let mut trainer = recipe(6).init::<TestAutodiffBackend>(&unet, &device);
+                trainer.recipe.objective = config.diffusion.build_objective(1000).unwrap();
+                trainer.recipe.micro_batch = 1;
+                trainer.recipe.micro_batch_threads = threads;
+                <TestAutodiffBackend as Backend>::seed(&device, 8);
+                let images = Tensor::<TestAutodiffBackend, 4>::random([5, 1, 4, 4], Distribution::Uniform(-1.0, 1.0), &device);
+                let labels = Tensor::<TestAutodiffBackend, 1, Int>::from_ints([0, 1, 2, 0, 1], &device);
+                let out = TrainStep::step(&trainer, DiffusionBatch { images, labels: Some(labels), step: 3 });
+                (out.item.loss.into_scalar(), flat_grads(&trainer, &out.grads))
+            };
+            let one = run(1);
+            assert!(!one.1.is_empty());
+            for threads in [2, 3, 8] {
+                let many = run(threads);
+                assert!(many == one, "{objective}, dropout {dropout}, {threads} threads: loss {} vs {}", many.0, one.0);
+            }
         }
     }
 

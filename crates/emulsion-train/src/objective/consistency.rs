@@ -203,9 +203,9 @@ impl ConsistencyTraining {
         }
     }
 
-    pub fn loss<B: Backend, N: Network<B>>(&self, net: &N, input: ObjectiveInput<B>) -> Tensor<B, 1> {
-        let (sigma, sigma_next) = self.draw_pairs::<B>(input.step, input.x0.dims()[0], &input.x0.device());
-        self.loss_at(net, input, sigma, sigma_next)
+    /// The seed of the dropout masks both passes of a sample share (see [`Self::outputs`]).
+    pub fn draw_mask_seed<B: Backend>(device: &B::Device) -> u64 {
+        Tensor::<B, 1, Int>::random([1], Distribution::Uniform(0.0, i32::MAX as f64), device).into_scalar().elem::<i64>() as u64
     }
 
     /// Each sample's pair of adjacent levels `(s_i, s_{i+1})` at step `step`, `[batch]` each.
@@ -221,8 +221,8 @@ impl ConsistencyTraining {
     }
 
     /// The loss of the pairs `(sigma, sigma_next)` `[N]`, `sigma < sigma_next`.
-    pub fn loss_at<B: Backend, N: Network<B>>(&self, net: &N, input: ObjectiveInput<B>, sigma: Tensor<B, 1>, sigma_next: Tensor<B, 1>) -> Tensor<B, 1> {
-        let (student, teacher) = self.outputs(net, input, sigma.clone(), sigma_next.clone());
+    pub fn loss_at<B: Backend, N: Network<B>>(&self, net: &N, input: ObjectiveInput<B>, sigma: Tensor<B, 1>, sigma_next: Tensor<B, 1>, mask_seed: u64) -> Tensor<B, 1> {
+        let (student, teacher) = self.outputs(net, input, sigma.clone(), sigma_next.clone(), mask_seed);
         let [n, channels, height, width] = student.dims();
         let c = self.huber_c.unwrap_or(0.00054 * ((channels * height * width) as f64).sqrt());
         let squared = (student - teacher).powf_scalar(2.0).reshape([n as i32, -1]).sum_dim(1).squeeze_dim(1);
@@ -231,16 +231,21 @@ impl ConsistencyTraining {
 
     /// `f(x₀ + s_{i+1} ε, s_{i+1})` and its target `sg f(x₀ + s_i ε, s_i)`: the same network
     /// without gradient (no EMA teacher), under the same dropout mask (the generator is reseeded
-    /// for each pass, as openai/consistency_models restores its RNG state).
-    pub fn outputs<B: Backend, N: Network<B>>(&self, net: &N, input: ObjectiveInput<B>, sigma: Tensor<B, 1>, sigma_next: Tensor<B, 1>) -> (Tensor<B, 4>, Tensor<B, 4>) {
+    /// with `mask_seed` for each pass, as openai/consistency_models restores its RNG state; a
+    /// network that draws nothing leaves the generator alone).
+    pub fn outputs<B: Backend, N: Network<B>>(&self, net: &N, input: ObjectiveInput<B>, sigma: Tensor<B, 1>, sigma_next: Tensor<B, 1>, mask_seed: u64) -> (Tensor<B, 4>, Tensor<B, 4>) {
         let ObjectiveInput { x0, noise, labels, .. } = input;
         let device = x0.device();
         let precond = self.precond();
-        let mask_seed = Tensor::<B, 1, Int>::random([1], Distribution::Uniform(0.0, i32::MAX as f64), &device).into_scalar().elem::<i64>() as u64;
-        B::seed(&device, mask_seed);
+        let reseed = || {
+            if net.draws_in_forward() {
+                B::seed(&device, mask_seed);
+            }
+        };
+        reseed();
         let noisier = x0.clone() + noise.clone() * per_sample(sigma_next.clone());
         let student = precond.denoise(net, noisier, sigma_next, labels.clone());
-        B::seed(&device, mask_seed);
+        reseed();
         let cleaner = x0 + noise * per_sample(sigma.clone());
         let teacher = precond.denoise(&net.clone().no_grad(), cleaner, sigma, labels).detach();
         (student, teacher)
@@ -275,7 +280,7 @@ mod tests {
         let pairs = [(0.002f32, 0.01f32), (0.5, 0.7), (20.0, 80.0)];
         let input = ObjectiveInput { x0: x0.clone(), noise: noise.clone(), labels: None, step: 0 };
         let got: Vec<f32> = o
-            .loss_at(&net, input, Tensor::from_floats(pairs.map(|p| p.0), &device), Tensor::from_floats(pairs.map(|p| p.1), &device))
+            .loss_at(&net, input, Tensor::from_floats(pairs.map(|p| p.0), &device), Tensor::from_floats(pairs.map(|p| p.1), &device), 0)
             .into_data()
             .to_vec()
             .unwrap();
@@ -307,7 +312,7 @@ mod tests {
         let theta = net.values();
         let input = ObjectiveInput { x0: lift(x0), noise: lift(noise), labels: None, step: 0 };
         let level = |v: [f64; 2]| lift(Tensor::from_floats(v.map(|s| s as f32), &Default::default()));
-        let got = net.gradient(o.loss_at(&net, input, level(lo), level(hi)).sum());
+        let got = net.gradient(o.loss_at(&net, input, level(lo), level(hi), 0).sum());
         let c_out = |s: f64| (s - 0.002) * 0.5 / (s * s + 0.25).sqrt();
         let c = 0.00054 * 8.0;
         let mut want = vec![0.0; theta.len()];
@@ -388,7 +393,7 @@ mod tests {
         let noise = Tensor::random([2, 1, 8, 8], burn::tensor::Distribution::Normal(0.0, 1.0), &device);
         let o = objective(LevelChoice::Schedule {}, Curriculum::Ict(IctCurriculum::default()));
         let level = || Tensor::<TestAutodiffBackend, 1>::from_floats([0.7, 3.0], &device);
-        let (student, teacher) = o.outputs(&net, ObjectiveInput { x0, noise, labels: None, step: 0 }, level(), level());
+        let (student, teacher) = o.outputs(&net, ObjectiveInput { x0, noise, labels: None, step: 0 }, level(), level(), 11);
         let (a, b): (Vec<f32>, Vec<f32>) = (student.into_data().to_vec().unwrap(), teacher.into_data().to_vec().unwrap());
         assert!(a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()), "the two passes drew different masks");
     }

@@ -5,7 +5,6 @@
 use burn::prelude::*;
 use emulsion_models::precond::per_sample;
 use emulsion_models::{Network, Precond};
-use emulsion_schedule::process::edm_sigma_tensor;
 use emulsion_schedule::Schedule;
 
 use super::{mean_per_sample, ObjectiveInput};
@@ -20,11 +19,6 @@ pub struct Edm {
 impl Edm {
     pub fn precond(&self) -> Precond {
         Precond::Edm { sigma_data: self.sigma_data }
-    }
-
-    pub fn loss<B: Backend, N: Network<B>>(&self, net: &N, input: ObjectiveInput<B>) -> Tensor<B, 1> {
-        let lambda = self.schedule.sample_lambda::<B>(input.x0.dims()[0], &input.x0.device());
-        self.loss_at(net, input, edm_sigma_tensor(lambda))
     }
 
     /// The loss at given noise levels `sigma` `[N]`.

@@ -9,7 +9,6 @@
 use burn::prelude::*;
 use emulsion_config::Invalid;
 use emulsion_models::{FdmBase, FdmScale, Network, Precond};
-use emulsion_schedule::process::edm_sigma_tensor;
 use emulsion_schedule::Schedule;
 use serde::{Deserialize, Serialize};
 
@@ -27,11 +26,6 @@ pub struct Fdm {
 impl Fdm {
     pub fn precond(&self) -> Precond {
         Precond::Fdm { base: self.base, scale: self.scale }
-    }
-
-    pub fn loss<B: Backend, N: Network<B>>(&self, net: &N, input: ObjectiveInput<B>) -> Tensor<B, 1> {
-        let lambda = self.schedule.sample_lambda::<B>(input.x0.dims()[0], &input.x0.device());
-        self.loss_at(net, input, edm_sigma_tensor(lambda))
     }
 
     /// The loss at given noise levels `sigma` `[N]`, at the input's step.

@@ -12,6 +12,7 @@ pub mod vp;
 use burn::prelude::*;
 use emulsion_config::Invalid;
 use emulsion_models::{Network, Precond};
+use emulsion_schedule::process::edm_sigma_tensor;
 use emulsion_schedule::Schedule;
 use serde::{Deserialize, Serialize};
 
@@ -112,15 +113,48 @@ pub enum Objective {
     Consistency(ConsistencyTraining),
 }
 
+/// What a loss draws from the backend's generator outside the network, drawn by
+/// [`Objective::draw`] before the forward pass: then only the network's own draws (dropout)
+/// tie a forward pass to the generator.
+#[derive(Debug, Clone)]
+pub enum Draws<B: Backend> {
+    /// Each sample's log-SNR `λ`, `[N]`.
+    Lambda(Tensor<B, 1>),
+    /// Each sample's adjacent levels `(s_i, s_{i+1})`, `[N]` each, and the seed of the dropout
+    /// masks its two passes share (consistency training).
+    Pairs { sigma: Tensor<B, 1>, sigma_next: Tensor<B, 1>, mask_seed: u64 },
+}
+
 impl Objective {
-    /// Unreduced per-sample losses, `[N]`.
+    /// Unreduced per-sample losses, `[N]`: [`Self::draw`], then [`Self::loss_given`].
     pub fn loss<B: Backend, N: Network<B>>(&self, net: &N, input: ObjectiveInput<B>) -> Tensor<B, 1> {
+        let draws = self.draw(input.step, input.x0.dims()[0], &input.x0.device());
+        self.loss_given(net, input, draws)
+    }
+
+    /// The noise levels of a batch of `batch` samples at step `step`, from the backend's generator.
+    pub fn draw<B: Backend>(&self, step: u64, batch: usize, device: &B::Device) -> Draws<B> {
         match self {
-            Objective::Vp(o) => o.loss(net, input),
-            Objective::Edm(o) => o.loss(net, input),
-            Objective::Flow(o) => o.loss(net, input),
-            Objective::Fdm(o) => o.loss(net, input),
-            Objective::Consistency(o) => o.loss(net, input),
+            Objective::Consistency(o) => {
+                let (sigma, sigma_next) = o.draw_pairs::<B>(step, batch, device);
+                Draws::Pairs { sigma, sigma_next, mask_seed: ConsistencyTraining::draw_mask_seed::<B>(device) }
+            }
+            _ => Draws::Lambda(self.schedule().sample_lambda::<B>(batch, device)),
+        }
+    }
+
+    /// Unreduced per-sample losses, `[N]`, at the levels `draws` that [`Self::draw`] gave.
+    ///
+    /// # Panics
+    /// If `draws` are consistency training's pairs and the objective is not, or the other way.
+    pub fn loss_given<B: Backend, N: Network<B>>(&self, net: &N, input: ObjectiveInput<B>, draws: Draws<B>) -> Tensor<B, 1> {
+        match (self, draws) {
+            (Objective::Vp(o), Draws::Lambda(lambda)) => o.loss_at(net, input, lambda),
+            (Objective::Edm(o), Draws::Lambda(lambda)) => o.loss_at(net, input, edm_sigma_tensor(lambda)),
+            (Objective::Flow(o), Draws::Lambda(lambda)) => o.loss_at(net, input, edm_sigma_tensor(lambda)),
+            (Objective::Fdm(o), Draws::Lambda(lambda)) => o.loss_at(net, input, edm_sigma_tensor(lambda)),
+            (Objective::Consistency(o), Draws::Pairs { sigma, sigma_next, mask_seed }) => o.loss_at(net, input, sigma, sigma_next, mask_seed),
+            (objective, draws) => panic!("draws {draws:?} are not those of objective {objective:?}"),
         }
     }
 

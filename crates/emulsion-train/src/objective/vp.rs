@@ -41,11 +41,6 @@ impl Vp {
         }
     }
 
-    pub fn loss<B: Backend, N: Network<B>>(&self, net: &N, input: ObjectiveInput<B>) -> Tensor<B, 1> {
-        let lambda = self.schedule.sample_lambda::<B>(input.x0.dims()[0], &input.x0.device());
-        self.loss_at(net, input, lambda)
-    }
-
     /// The loss at given log-SNRs `lambda` `[N]`.
     pub fn loss_at<B: Backend, N: Network<B>>(&self, net: &N, input: ObjectiveInput<B>, lambda: Tensor<B, 1>) -> Tensor<B, 1> {
         let ObjectiveInput { x0, noise, labels, .. } = input;

@@ -23,7 +23,8 @@ use rayon::prelude::*;
 use crate::flex_conv::{cast, AutodiffFlex};
 
 /// `silu(γ x̂ + β)` (or `γ x̂ + β` without `silu`) with `x̂` normalised over `groups` groups of
-/// channels, computed here when `B` is `Autodiff<Flex>` and `x` is f32; `None` otherwise.
+/// channels, computed here when `B` is `Autodiff<Flex>` (with its backward) or `Flex` (forward
+/// only) and `x`, `γ` and `β` are f32; `None` otherwise.
 pub(crate) fn group_norm<B: Backend>(
     x: &Tensor<B, 4>,
     gamma: &Tensor<B, 1>,

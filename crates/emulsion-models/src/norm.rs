@@ -52,7 +52,7 @@ impl<B: Backend> GroupNorm<B> {
         }
     }
 
-    /// `silu(self.forward(x))`, in one pass on Burn's CPU backend.
+    /// `silu(self.forward(x))`, in one pass on Burn's Flex backend.
     pub fn forward_silu(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
         match flex_group_norm::group_norm(&x, &self.gamma.val(), &self.beta.val(), self.groups, self.epsilon, true) {
             Some(y) => y,

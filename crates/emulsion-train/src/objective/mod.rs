@@ -132,7 +132,8 @@ impl Objective {
         self.loss_given(net, input, draws)
     }
 
-    /// The noise levels of a batch of `batch` samples at step `step`, from the backend's generator.
+    /// The noise levels of a batch of `batch` samples at step `step` (and consistency training's
+    /// dropout-mask seed), from the backend's generator.
     pub fn draw<B: Backend>(&self, step: u64, batch: usize, device: &B::Device) -> Draws<B> {
         match self {
             Objective::Consistency(o) => {

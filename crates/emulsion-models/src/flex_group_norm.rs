@@ -43,9 +43,7 @@ pub(crate) fn group_norm<B: Backend>(
         // Sampling: the forward pass alone.
         let [x, gamma, beta] = [x.clone().into_primitive().tensor(), gamma.clone().into_primitive().tensor(), beta.clone().into_primitive().tensor()]
             .map(|t| cast::<_, FlexTensor>(t).to_contiguous());
-        let (y, _, _) = norm.forward(slice(&x), slice(&gamma), slice(&beta), norm.layout(dims3(&x)), &mut []);
-        let output = FlexTensor::from_data(TensorData::new(y, x.layout().shape().clone()));
-        Some(Tensor::from_primitive(TensorPrimitive::Float(cast(output))))
+        Some(Tensor::from_primitive(TensorPrimitive::Float(cast(norm.output(&x, &gamma, &beta)))))
     } else {
         None
     }
@@ -90,12 +88,15 @@ impl FusedGroupNorm {
                 let output = FlexTensor::from_data(TensorData::new(y, xp.layout().shape().clone()));
                 prep.finish(Saved { x: xp, gamma: gp, beta: bp, mean, inv_std, sigmoid }, output)
             }
-            OpsKind::UnTracked(prep) => {
-                let (y, _, _) = self.forward(slice(&xp), slice(&gp), slice(&bp), self.layout(dims3(&xp)), &mut []);
-                prep.finish(FlexTensor::from_data(TensorData::new(y, xp.layout().shape().clone())))
-            }
+            OpsKind::UnTracked(prep) => prep.finish(self.output(&xp, &gp, &bp)),
         };
         Tensor::from_primitive(TensorPrimitive::Float(output))
+    }
+
+    /// The output alone, of contiguous f32 tensors (no gradient to come).
+    fn output(&self, x: &FlexTensor, gamma: &FlexTensor, beta: &FlexTensor) -> FlexTensor {
+        let (y, _, _) = self.forward(slice(x), slice(gamma), slice(beta), self.layout(dims3(x)), &mut []);
+        FlexTensor::from_data(TensorData::new(y, x.layout().shape().clone()))
     }
 
     fn layout(&self, [n, c, hw]: [usize; 3]) -> Layout {

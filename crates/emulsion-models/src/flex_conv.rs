@@ -121,7 +121,8 @@ impl Backward<Flex, 3> for GemmConv2d {
     }
 }
 
-fn f32s(tensor: &FlexTensor) -> &[f32] {
+/// The values of a contiguous f32 tensor.
+pub(crate) fn f32s(tensor: &FlexTensor) -> &[f32] {
     tensor.as_slice::<f32>().expect("a contiguous f32 tensor")
 }
 

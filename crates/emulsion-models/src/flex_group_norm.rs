@@ -20,7 +20,7 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{DType, Tensor, TensorData, TensorPrimitive};
 use rayon::prelude::*;
 
-use crate::flex_conv::{cast, AutodiffFlex};
+use crate::flex_conv::{cast, f32s, AutodiffFlex};
 
 /// `silu(γ x̂ + β)` (or `γ x̂ + β` without `silu`) with `x̂` normalised over `groups` groups of
 /// channels, computed here when `B` is `Autodiff<Flex>` (with its backward) or `Flex` (forward
@@ -84,7 +84,7 @@ impl FusedGroupNorm {
         let output = match self.prepare::<NoCheckpointing>(nodes).compute_bound().stateful() {
             OpsKind::Tracked(prep) => {
                 let mut sigmoid = vec![0.0; if self.silu { xp.layout().num_elements() } else { 0 }];
-                let (y, mean, inv_std) = self.forward(slice(&xp), slice(&gp), slice(&bp), self.layout(dims3(&xp)), &mut sigmoid);
+                let (y, mean, inv_std) = self.forward(f32s(&xp), f32s(&gp), f32s(&bp), self.layout(dims3(&xp)), &mut sigmoid);
                 let output = FlexTensor::from_data(TensorData::new(y, xp.layout().shape().clone()));
                 prep.finish(Saved { x: xp, gamma: gp, beta: bp, mean, inv_std, sigmoid }, output)
             }
@@ -95,7 +95,7 @@ impl FusedGroupNorm {
 
     /// The output alone, of contiguous f32 tensors (no gradient to come).
     fn output(&self, x: &FlexTensor, gamma: &FlexTensor, beta: &FlexTensor) -> FlexTensor {
-        let (y, _, _) = self.forward(slice(x), slice(gamma), slice(beta), self.layout(dims3(x)), &mut []);
+        let (y, _, _) = self.forward(f32s(x), f32s(gamma), f32s(beta), self.layout(dims3(x)), &mut []);
         FlexTensor::from_data(TensorData::new(y, x.layout().shape().clone()))
     }
 
@@ -152,7 +152,7 @@ impl FusedGroupNorm {
     /// `dx = (1/σ) (g − mean_g(g) − x̂ · mean_g(g x̂))` with `g = γ · dy · silu'(a)`,
     /// `dγ = Σ dy silu'(a) x̂`, `dβ = Σ dy silu'(a)`, sums over samples and pixels.
     fn gradients(&self, dy: &[f32], saved: &Saved, at: Layout) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
-        let (x, gamma, beta) = (slice(&saved.x), slice(&saved.gamma), slice(&saved.beta));
+        let (x, gamma, beta) = (f32s(&saved.x), f32s(&saved.gamma), f32s(&saved.beta));
         let mut dx = vec![0.0f32; x.len()];
         // Per-sample partial sums of dγ and dβ, added in sample order below so that the result
         // does not depend on how rayon splits the batch.
@@ -222,7 +222,7 @@ impl Backward<Flex, 3> for FusedGroupNorm {
         let dy = grads.consume::<Flex>(&ops.node).to_contiguous();
         let saved = ops.state;
         let at = self.layout(dims3(&saved.x));
-        let (dx, d_gamma, d_beta) = self.gradients(slice(&dy), &saved, at);
+        let (dx, d_gamma, d_beta) = self.gradients(f32s(&dy), &saved, at);
         let c = at.c;
         if let Some(node) = node_x {
             grads.register::<Flex>(node.id, FlexTensor::from_data(TensorData::new(dx, saved.x.layout().shape().clone())));
@@ -270,10 +270,6 @@ fn lane_sum(values: impl Iterator<Item = f32>) -> f64 {
         lanes[i % 8] += v;
     }
     lanes.iter().map(|&l| f64::from(l)).sum()
-}
-
-fn slice(tensor: &FlexTensor) -> &[f32] {
-    tensor.as_slice::<f32>().expect("a contiguous f32 tensor")
 }
 
 #[cfg(test)]

@@ -47,10 +47,55 @@ enum Command {
     /// Measure parts of training and print a table.
     #[command(subcommand)]
     Bench(BenchCommand),
-    /// Fréchet Inception Distance between two image sets, or the statistics of one.
+    /// Fréchet Inception Distance (or `--metric fd_fmnist`) between two image sets, or the
+    /// statistics of one.
     Fid(FidArgs),
     /// Train every combination of a sweep file's grid and seeds, then summarise them.
     Sweep(SweepArgs),
+    /// The classifier of the `fd_fmnist` metric (`eval.metric = "fd_fmnist"`).
+    #[command(subcommand)]
+    FdNet(FdNetCommand),
+}
+
+#[derive(Subcommand)]
+enum FdNetCommand {
+    /// Train the Fashion-MNIST classifier whose features `fd_fmnist` compares, deterministically
+    /// (same options, same weights); writes its weights and, beside them as JSON, its test
+    /// accuracy and the metric's floor.
+    Train(FdNetTrainArgs),
+}
+
+#[derive(Args)]
+struct FdNetTrainArgs {
+    /// Folder of Fashion-MNIST's IDX files [default: /usr/share/datasets/fashion-mnist when it
+    /// holds the training split, else datasets/fashion-mnist: trains on all but the last
+    /// --holdout test images]
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// The weights file to write (its record goes beside it, as .json).
+    #[arg(long, default_value = emulsion_fid::fd_fmnist::DEFAULT_WEIGHTS)]
+    out: PathBuf,
+    /// Passes over the training images [default: 8]
+    #[arg(long)]
+    epochs: Option<usize>,
+    /// Images per step [default: 128]
+    #[arg(long)]
+    batch: Option<usize>,
+    /// Adam's learning rate, constant [default: 0.001]
+    #[arg(long)]
+    lr: Option<f64>,
+    /// Seed of the initial weights and the order of every epoch [default: 0]
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Test images held out when the folder has no training split [default: 2000]
+    #[arg(long)]
+    holdout: Option<usize>,
+    /// Train on at most N images.
+    #[arg(long, value_name = "N")]
+    limit: Option<usize>,
+    /// Where to train.
+    #[arg(long, value_enum, default_value_t = DeviceChoice::Auto)]
+    device: DeviceChoice,
 }
 
 #[derive(Args)]
@@ -73,9 +118,20 @@ struct FidArgs {
     /// Where the network runs.
     #[arg(long, value_enum, default_value_t = DeviceChoice::Auto)]
     device: DeviceChoice,
-    /// The converted Inception weights (made by scripts/fetch_inception.sh).
-    #[arg(long, default_value = emulsion_fid::DEFAULT_WEIGHTS)]
-    weights: PathBuf,
+    /// Sampler of a network's images (default: its run's eval.sampler, else sample.sampler).
+    #[arg(long, value_enum)]
+    sampler: Option<SamplerKind>,
+    /// Noise levels of that sampler (default: its run's eval.steps, else sample.steps).
+    #[arg(long)]
+    steps: Option<usize>,
+    /// Whose features to compare: fid (Inception) or fd_fmnist (the classifier of
+    /// `emulsion fd-net train`; 1×28×28 images).
+    #[arg(long, value_enum, default_value_t = emulsion_fid::Metric::Fid)]
+    metric: emulsion_fid::Metric,
+    /// The metric's network: the converted Inception weights (scripts/fetch_inception.sh), or
+    /// the fd_fmnist classifier; default: datasets/inception/… or datasets/fd_fmnist/… .
+    #[arg(long)]
+    weights: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -87,6 +143,9 @@ struct SweepArgs {
     /// run's run.device.
     #[arg(long, value_delimiter = ',')]
     devices: Vec<sweep_runner::DeviceSlot>,
+    /// Runs at once on each device (a device listed N times in --devices does the same).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
+    jobs_per_device: u64,
     /// List the runs and their state, run nothing.
     #[arg(long)]
     dry_run: bool,
@@ -322,6 +381,7 @@ fn main() -> ExitCode {
         Command::Bench(BenchCommand::Assign(args)) => bench_assign(args),
         Command::Fid(args) => fid(args),
         Command::Sweep(args) => sweep(args),
+        Command::FdNet(FdNetCommand::Train(args)) => fd_net_train(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -414,18 +474,23 @@ fn fid(args: FidArgs) -> Result<()> {
         "give two image sets to compare, or one with --save-stats OUT.npz"
     );
     let backend = device::resolve(args.device)?;
+    let weights = args.weights.clone().unwrap_or_else(|| args.metric.default_weights().into());
     let needs_network = args.paths.iter().any(|p| !emulsion_report::fid::is_stats_file(p));
+    anyhow::ensure!(
+        (args.sampler.is_none() && args.steps.is_none()) || args.paths.iter().any(|p| emulsion_report::fid::is_network(p)),
+        "--sampler and --steps choose how a network's images are drawn, and no PATH is a network (a run directory, a checkpoint or an exported .safetensors)"
+    );
     if needs_network {
         eprintln!("device: {}", backend.describe());
     }
     let stats = on_backend!(backend, B => {
         let device = Default::default();
-        let inception = needs_network.then(|| emulsion_fid::InceptionV3::<B>::load(&args.weights, &device)).transpose()?;
+        let net = needs_network.then(|| args.metric.load::<B>(&weights, &device)).transpose()?;
         args.paths
             .iter()
             .map(|p| {
-                let loaded = inception.as_ref().map(|net| emulsion_report::fid::LoadedInception { net, weights: &args.weights });
-                emulsion_report::fid::stats_of_path::<B>(p, loaded, args.limit, args.batch, &device)
+                let loaded = net.as_ref().map(|net| emulsion_report::fid::LoadedNet { metric: args.metric, net, weights: &weights });
+                emulsion_report::fid::stats_of_path::<B>(p, loaded, args.limit, args.batch, (args.sampler, args.steps), &device)
                     .with_context(|| format!("statistics of {}", p.display()))
             })
             .collect::<Result<Vec<_>>>()?
@@ -436,9 +501,44 @@ fn fid(args: FidArgs) -> Result<()> {
     }
     if let [a, b] = &stats[..] {
         let distance = emulsion_fid::frechet_distance(a, b)?;
-        eprintln!("FID {} vs {}:", args.paths[0].display(), args.paths[1].display());
+        eprintln!("{} {} vs {}:", args.metric.name().to_uppercase(), args.paths[0].display(), args.paths[1].display());
         println!("{distance:.6}");
     }
+    Ok(())
+}
+
+fn fd_net_train(args: FdNetTrainArgs) -> Result<()> {
+    let defaults = emulsion_train::fd_net::FdNetTraining::default();
+    let options = emulsion_train::fd_net::FdNetTraining {
+        data: args.data.unwrap_or(defaults.data),
+        epochs: args.epochs.unwrap_or(defaults.epochs),
+        batch: args.batch.unwrap_or(defaults.batch),
+        lr: args.lr.unwrap_or(defaults.lr),
+        seed: args.seed.unwrap_or(defaults.seed),
+        holdout: args.holdout.unwrap_or(defaults.holdout),
+        limit: args.limit,
+        channels: defaults.channels,
+    };
+    let backend = device::resolve(args.device)?;
+    eprintln!("device: {}", backend.describe());
+    let record = on_backend!(backend, B => {
+        let mut progress = |epoch, epochs, loss: f64| tracing::info!("epoch {epoch}/{epochs}: mean loss {loss:.4}");
+        let (net, record) = emulsion_train::fd_net::train::<burn::backend::Autodiff<B>>(&options, &Default::default(), &mut progress)?;
+        emulsion_train::fd_net::save(&net, &record, &args.out)?;
+        record
+    });
+    eprintln!(
+        "wrote {} and {}: trained on {}; test accuracy {:.4} on {}; floor (fd_fmnist, {} training vs {} test images) {:.4}; {:.0} s",
+        args.out.display(),
+        args.out.with_extension("json").display(),
+        record.train_images,
+        record.test_accuracy,
+        record.test_images,
+        record.floor_images,
+        record.floor_images,
+        record.floor,
+        record.seconds.unwrap_or(f64::NAN)
+    );
     Ok(())
 }
 
@@ -467,13 +567,14 @@ fn sweep(args: SweepArgs) -> Result<()> {
     }
     let mut failures = Vec::new();
     if !args.summary_only {
+        emulsion_report::sweep::check_networks(&args.file, &runs)?;
         std::fs::create_dir_all(&sweep.root).with_context(|| format!("creating {}", sweep.root.display()))?;
         record_sweep_files(&sweep, &args.file)?;
         let todo: Vec<_> = runs.iter().zip(&statuses).filter(|(_, s)| **s != RunStatus::Done).map(|(r, _)| r.0.clone()).collect();
-        failures = sweep_runner::run_all(&sweep.base, todo, &args.devices)?;
+        failures = sweep_runner::run_all(&sweep.base, todo, &args.devices, args.jobs_per_device as usize)?;
     }
-    let results: Vec<_> = runs.iter().map(|(run, config)| run_result(run, config, sweep.target_fid)).collect();
-    let summary = write_summary(&sweep.root, &sweep.name, sweep.target_fid, &results)?;
+    let results: Vec<_> = runs.iter().map(|(run, config)| run_result(run, config)).collect();
+    let summary = write_summary(&sweep.root, &sweep.name, &sweep.target, &results)?;
     print!("{summary}");
     eprintln!("wrote {}/summary.md, summary.csv and fid.png", sweep.root.display());
     anyhow::ensure!(failures.is_empty(), "{} run(s) failed: {}", failures.len(), failures.join("; "));

@@ -1,5 +1,6 @@
 //! Running a sweep's training runs as child processes of this binary: one at a time, or one
-//! per device side by side. Each run resumes from its newest checkpoint, so a sweep stopped
+//! per device slot side by side (a device listed twice, or `--jobs-per-device`, holds several:
+//! a 28×28 network leaves most of a large GPU idle). Each run resumes from its newest checkpoint, so a sweep stopped
 //! half-way continues where each run stopped.
 
 use std::collections::VecDeque;
@@ -54,16 +55,18 @@ impl std::fmt::Display for DeviceSlot {
     }
 }
 
-/// Runs `runs`, on `devices` side by side when given; returns a line for each failed run.
-pub fn run_all(base: &Path, runs: Vec<SweepRun>, devices: &[DeviceSlot]) -> Result<Vec<String>> {
+/// Runs `runs`, `jobs_per_device` at once on each of `devices` (or on each run's own
+/// `run.device` when none are given); returns a line for each failed run.
+pub fn run_all(base: &Path, runs: Vec<SweepRun>, devices: &[DeviceSlot], jobs_per_device: usize) -> Result<Vec<String>> {
     let exe = std::env::current_exe().context("locating the emulsion binary")?;
     let total = runs.len();
     let queue = Mutex::new(runs.into_iter().enumerate().collect::<VecDeque<_>>());
     let failures = Mutex::new(Vec::new());
     let finished = std::sync::atomic::AtomicU64::new(0);
     emulsion_sample::progress::report("sweep", 0, total as u64);
-    let side_by_side = devices.len() > 1;
-    let slots: Vec<Option<DeviceSlot>> = if devices.is_empty() { vec![None] } else { devices.iter().copied().map(Some).collect() };
+    let devices: Vec<Option<DeviceSlot>> = if devices.is_empty() { vec![None] } else { devices.iter().copied().map(Some).collect() };
+    let slots: Vec<Option<DeviceSlot>> = devices.iter().flat_map(|&d| std::iter::repeat_n(d, jobs_per_device.max(1))).collect();
+    let side_by_side = slots.len() > 1;
     std::thread::scope(|scope| {
         for device in slots {
             let (queue, failures, exe, finished) = (&queue, &failures, &exe, &finished);

@@ -59,11 +59,14 @@ pub struct AssignConfig {
     pub quantize: Quantize,
     /// The auction's final ε in cost units; 0 solves exactly (integer-quantised costs).
     pub epsilon: f64,
+    /// `lsa`: solve step k+1's assignment on a host thread while step k runs (its images and
+    /// noise are known a step ahead); the permutations are the same as solving inline.
+    pub overlap: bool,
 }
 
 impl Default for AssignConfig {
     fn default() -> Self {
-        Self { method: Method::None, k: 4, metric: Metric::L2, quantize: Quantize::None, epsilon: 0.0 }
+        Self { method: Method::None, k: 4, metric: Metric::L2, quantize: Quantize::None, epsilon: 0.0, overlap: true }
     }
 }
 
@@ -75,6 +78,11 @@ impl AssignConfig {
             return Err(emulsion_config::Invalid::new("epsilon", format!("must be a finite number ≥ 0 (0 = exact), got {}", self.epsilon)));
         }
         Ok(())
+    }
+
+    /// Whether the assignment is solved on the host (`lsa`), so it can be solved ahead.
+    pub fn solves_on_host(&self) -> bool {
+        self.method == Method::Lsa
     }
 
     /// The auction's mode for these options.
@@ -118,19 +126,41 @@ pub fn assign<B: AssignBackend>(x: Tensor<B, 2>, noise: Tensor<B, 2>, config: &A
     Assigned { noise, mean_distance, seconds: started.elapsed().as_secs_f64() }
 }
 
+/// `noise` paired with `x` by `columns`, a solution [`host_costs`]' matrix had: row `i` gets
+/// noise row `columns[i]`. `started` is when the step began waiting for the assignment.
+pub fn assign_by_columns<B: Backend>(x: Tensor<B, 2>, noise: Tensor<B, 2>, columns: &[usize], started: Instant) -> Assigned<B> {
+    let [b, _] = x.dims();
+    assert_eq!(columns.len(), b, "one column per image");
+    let index: Vec<i64> = columns.iter().map(|&j| j as i64).collect();
+    let noise = noise.select(0, Tensor::<B, 1, Int>::from_data(TensorData::new(index, [b]), &x.device()));
+    let mean_distance = row_distance(x, noise.clone()).mean();
+    Assigned { noise, mean_distance, seconds: started.elapsed().as_secs_f64() }
+}
+
+/// The cost matrix a host-solved method (`lsa`) solves, read back from the device; `None` for
+/// the other methods and for a batch of one. `lapjv` of it gives the columns.
+pub fn host_costs<B: AssignBackend>(x: &Tensor<B, 2>, noise: &Tensor<B, 2>, config: &AssignConfig) -> Option<CostMatrix> {
+    let [b, _] = x.dims();
+    if !(config.solves_on_host() && b >= 2) {
+        return None;
+    }
+    let costs: Vec<f32> = cost_matrix(x.clone(), noise.clone(), config.metric, config.quantize).into_data().convert::<f32>().to_vec().expect("f32 costs");
+    Some(CostMatrix::new(b, costs.into_iter().map(f64::from).collect()))
+}
+
 /// The noise row of each image, `[B]`, for the methods that permute the batch's own noise
 /// (`None` for the others, and for a batch of one).
 fn permutation<B: AssignBackend>(x: &Tensor<B, 2>, noise: &Tensor<B, 2>, config: &AssignConfig) -> Option<Tensor<B, 1, Int>> {
     let [b, _] = x.dims();
-    let costs = || cost_matrix(x.clone(), noise.clone(), config.metric, config.quantize);
+    if let Some(costs) = host_costs(x, noise, config) {
+        let index: Vec<i64> = lapjv(&costs).iter().map(|&j| j as i64).collect();
+        return Some(Tensor::from_data(TensorData::new(index, [b]), &x.device()));
+    }
     match config.method {
-        Method::Lsa if b >= 2 => {
-            let costs: Vec<f32> = costs().into_data().convert::<f32>().to_vec().expect("f32 costs");
-            let columns = lapjv(&CostMatrix::new(b, costs.into_iter().map(f64::from).collect()));
-            let index: Vec<i64> = columns.iter().map(|&j| j as i64).collect();
-            Some(Tensor::from_data(TensorData::new(index, [b]), &x.device()))
+        Method::Auction if b >= 2 => {
+            let costs = cost_matrix(x.clone(), noise.clone(), config.metric, config.quantize);
+            Some(Tensor::from_primitive(B::auction(costs.into_primitive().tensor(), config.auction_mode())))
         }
-        Method::Auction if b >= 2 => Some(Tensor::from_primitive(B::auction(costs().into_primitive().tensor(), config.auction_mode()))),
         _ => None,
     }
 }

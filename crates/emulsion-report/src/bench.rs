@@ -103,8 +103,10 @@ where
     let (mut learner, parameters) = build_learner::<B>(config, &unet, device)?;
     learner.fork(device);
     let batch_size = config.train.batch_size;
-    let mut order = DataOrder::new(images.len(), batch_size, config.run.seed, config.data.hflip);
-    let loader = StepLoader::<B>::new(std::sync::Arc::new(images), order.clone(), batch_size, 0..options.steps as u64, device.clone());
+    let order = DataOrder::new(images.len(), batch_size, config.run.seed, config.data.hflip);
+    let lookahead = config.assignment.overlap && config.assignment.solves_on_host();
+    let loader = StepLoader::<B>::new(std::sync::Arc::new(images), order, batch_size, 0..options.steps as u64, device.clone()).with_lookahead(lookahead);
+    let mut batches = burn::data::dataloader::DataLoader::iter(&loader);
     let sync = || B::sync(device).map_err(|e| TrainError::Device(format!("{e:?}")));
     sync()?;
     let setup_s = started.elapsed().as_secs_f64();
@@ -119,7 +121,7 @@ where
     let mut windows: Vec<Duration> = Vec::new();
     let mut peak_device = None::<f64>;
     for step in 0..options.steps as u64 {
-        let batch = loader.batch(&mut order, step);
+        let batch = batches.next().expect("the loader serves every step");
         learner.lr_step();
         let output = learner.train_step(batch);
         learner.optimizer_step(output.grads);
@@ -223,7 +225,7 @@ pub fn bench_fid<B: Backend>(
     if batch == 0 || image_size == 0 || images <= batch {
         return Err(Invalid::new("--n", format!("{images} images leave nothing to time after the first batch of {batch}")).into());
     }
-    let inception = emulsion_fid::InceptionV3::<B>::load(weights, device)?;
+    let inception = emulsion_fid::FeatureNet::Inception(emulsion_fid::InceptionV3::<B>::load(weights, device)?);
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
     let mut stats = emulsion_fid::StatsAccumulator::new(emulsion_fid::FEATURES);
     let mut after_first = None;

@@ -315,12 +315,16 @@ impl Default for TrainConfig {
 }
 
 /// FID during training: every `fid_every` steps (and at the last), `fid_samples` images from
-/// the EMA weights against the statistics of the training images.
+/// the EMA weights against the statistics of the training images, on the features `metric`
+/// names (Inception's, or the `fd_fmnist` classifier's).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct EvalConfig {
     /// Steps between FID evaluations; 0 turns FID off.
     pub fid_every: usize,
+    /// Steps to evaluate at as well (log-spaced ones, say); FID is on when this or `fid_every`
+    /// asks for it, and then also at the last step.
+    pub fid_at: Vec<u64>,
     /// Generated images per FID (50,000 is the number papers report).
     pub fid_samples: usize,
     /// Sampler of the FID images; default: `sample.sampler`.
@@ -333,6 +337,10 @@ pub struct EvalConfig {
     pub fid_batch: usize,
     /// The converted Inception weights (`scripts/fetch_inception.sh`).
     pub inception: PathBuf,
+    /// Whose features the distance compares: `fid` (Inception) or `fd_fmnist`.
+    pub metric: emulsion_fid::Metric,
+    /// The `fd_fmnist` classifier (`emulsion fd-net train`).
+    pub fd_net: PathBuf,
     /// Folder of the cached reference statistics; default: the run directory. Runs that share
     /// it (a sweep's) compute them once.
     pub fid_cache: Option<PathBuf>,
@@ -342,13 +350,37 @@ impl Default for EvalConfig {
     fn default() -> Self {
         Self {
             fid_every: 0,
+            fid_at: Vec::new(),
             fid_samples: 10_000,
             sampler: None,
             steps: None,
             fid_reference: 0,
             fid_batch: 250,
             inception: emulsion_fid::DEFAULT_WEIGHTS.into(),
+            metric: emulsion_fid::Metric::Fid,
+            fd_net: emulsion_fid::fd_fmnist::DEFAULT_WEIGHTS.into(),
             fid_cache: None,
+        }
+    }
+}
+
+impl EvalConfig {
+    /// Whether the run evaluates FID (or `metric`) at all.
+    pub fn fid_on(&self) -> bool {
+        self.fid_every > 0 || !self.fid_at.is_empty()
+    }
+
+    /// Whether step `step` of a `total`-step run evaluates FID: every `fid_every` steps, at the
+    /// steps of `fid_at`, and at the last when either is set.
+    pub fn fid_due(&self, step: u64, total: u64) -> bool {
+        self.fid_on() && ((self.fid_every > 0 && step % self.fid_every as u64 == 0) || self.fid_at.contains(&step) || step == total)
+    }
+
+    /// The weights of `metric`'s network.
+    pub fn metric_weights(&self) -> &Path {
+        match self.metric {
+            emulsion_fid::Metric::Fid => &self.inception,
+            emulsion_fid::Metric::FdFmnist => &self.fd_net,
         }
     }
 }
@@ -532,7 +564,22 @@ impl Config {
             }
         }
         let e = &self.eval;
-        if e.fid_every > 0 {
+        if e.fid_on() && e.metric == emulsion_fid::Metric::FdFmnist {
+            // The images' shape is known only once they are read (checked again then); what
+            // the config fixes is checked here, before a run or a sweep starts.
+            let channels = match self.data.dataset {
+                DatasetKind::Cifar10 => Some(3),
+                DatasetKind::Idx => Some(1),
+                DatasetKind::Folder => self.data.channels,
+            };
+            if channels.is_some_and(|c| c != 1) || self.data.image_size.is_some_and(|s| s != emulsion_fid::fd_fmnist::IMAGE_SIZE) {
+                return Err(Invalid::new("eval.metric", "`fd_fmnist` takes 1×28×28 images (Fashion-MNIST); these images are not: use `fid`"));
+            }
+        }
+        if let Some(&step) = e.fid_at.iter().find(|&&s| s == 0 || s > self.train.steps as u64) {
+            return Err(Invalid::new("eval.fid_at", format!("step {step} is not a step of the run (1 to train.steps = {})", self.train.steps)));
+        }
+        if e.fid_on() {
             if e.fid_samples < 2 {
                 return Err(Invalid::new("eval.fid_samples", format!("a covariance needs at least 2 images, got {}", e.fid_samples)));
             }
@@ -992,6 +1039,16 @@ mod tests {
         assert!(e.contains("`model`") && e.contains("attention resolution 5"), "{e}");
         let e = load("[data]\ndataset = \"idx\"\n[diffusion]\nlambda_min = 3.0\nlambda_max = 1.0\n", &[]).unwrap_err().to_string();
         assert!(e.contains("test.toml:4") && e.contains("`diffusion.lambda_min`"), "{e}");
+        // Evaluation steps beyond the run, and a metric for other images than it takes.
+        let e = load(MINIMAL, &["train.steps=100", "eval.fid_at=[50, 101]"]).unwrap_err().to_string();
+        assert!(e.contains("`eval.fid_at`") && e.contains("step 101"), "{e}");
+        let e = load(MINIMAL, &["eval.fid_at=[1]", "eval.metric=fd_fmnist", "data.image_size=32"]).unwrap_err().to_string();
+        assert!(e.contains("`eval.metric`") && e.contains("1×28×28"), "{e}");
+        let e = load("[data]\ndataset = \"cifar10\"\n[eval]\nfid_every = 5\nmetric = \"fd_fmnist\"\n", &[]).unwrap_err().to_string();
+        assert!(e.contains("`eval.metric`"), "{e}");
+        assert!(load(MINIMAL, &["eval.fid_at=[1]", "eval.metric=fd_fmnist"]).is_ok());
+        // Without an evaluation, the metric is not used, so not checked.
+        assert!(load(MINIMAL, &["eval.metric=fd_fmnist", "data.image_size=32"]).is_ok());
     }
 
     #[test]

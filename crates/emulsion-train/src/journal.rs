@@ -56,6 +56,9 @@ pub struct TrainLine {
 pub struct FidLine {
     pub step: u64,
     pub fid: f64,
+    /// Whose features `fid` compares (journals from before the choice: Inception's).
+    #[serde(default)]
+    pub metric: emulsion_fid::Metric,
     pub fid_samples: usize,
     /// Seconds the evaluation took (sampling, Inception and the distance).
     pub fid_seconds: f64,
@@ -143,7 +146,7 @@ mod tests {
     }
 
     fn fid(step: u64) -> JournalLine {
-        JournalLine::Fid(FidLine { step, fid: 30.0 - step as f64 / 10.0, fid_samples: 100, fid_seconds: 2.0 })
+        JournalLine::Fid(FidLine { step, fid: 30.0 - step as f64 / 10.0, metric: Default::default(), fid_samples: 100, fid_seconds: 2.0 })
     }
 
     #[test]

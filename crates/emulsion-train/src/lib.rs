@@ -17,6 +17,7 @@ pub mod config;
 mod config_docs;
 pub mod data;
 pub mod export;
+pub mod fd_net;
 pub mod fid;
 pub mod journal;
 pub mod lock;

@@ -8,8 +8,8 @@
 //!   metrics.jsonl   one JSON line per record, `kind` "train" (step, loss, lr, images/s, wall time,
 //!                   mean assigned distance, assignment ms) or "fid" (step, FID, samples, seconds)
 //!   loss.png        the loss curve
-//!   fid.png         FID against step, when `eval.fid_every > 0`
-//!   fid-reference-<key>.npz  the training images' Inception statistics, computed once
+//!   fid.png         FID against step, when `eval.fid_every` or `eval.fid_at` asks for FID
+//!   fid-reference-<key>.npz  the training images' Inception statistics (`fd_fmnist-reference-…` with that metric), computed once
 //!   samples/        step-00005000.png, …
 //!   checkpoints/    step-00005000/{model,optimizer,scheduler}.mpk, state.json, config.toml, unet.json
 //! ```
@@ -37,7 +37,7 @@ use crate::checkpoint::{self, Checkpoint, CheckpointError, CheckpointStore, MODE
 use crate::config::{Config, DEFAULT_MAX_SKIPPED_STEPS};
 use crate::lock::{RunLock, LOCK_FILE};
 use crate::data::{self, DataOrder, StepLoader};
-use crate::fid::{fid_due, FidPlan};
+use crate::fid::FidPlan;
 use crate::journal;
 use crate::monitor::{MonitorConfig, TrainingMonitor};
 use crate::optim::WarmupLr;
@@ -124,6 +124,7 @@ impl Recipe {
             micro_batch: config.train.micro_batch,
             micro_batch_threads: config.train.micro_batch_threads,
             assignment: config.assignment,
+            ahead: Default::default(),
         })
     }
 }
@@ -205,9 +206,10 @@ where
     let mut report = TrainReport { run_dir: run.root.clone(), num_params, start_step, last_step: start_step, last_checkpoint: resume_from.map(|c| c.dir), last_samples: None };
     // A run stopped between a checkpoint and its FID (or resumed once complete without its
     // last FID) evaluates that checkpoint first, so no FID step goes missing.
-    let every = config.eval.fid_every as u64;
-    let catch_up = start_step > 0 && fid_due(every, start_step, total_steps) && !journal::fid_lines(&journal).unwrap_or_default().iter().any(|l| l.step == start_step);
-    let fid = if every > 0 && (start_step < total_steps || catch_up) {
+    let catch_up = start_step > 0
+        && config.eval.fid_due(start_step, total_steps)
+        && !journal::fid_lines(&journal).unwrap_or_default().iter().any(|l| l.step == start_step && l.metric == config.eval.metric);
+    let fid = if config.eval.fid_on() && (start_step < total_steps || catch_up) {
         let cache = config.eval.fid_cache.clone().unwrap_or_else(|| run.root.clone());
         Some(FidPlan::prepare(config, &images, journal.clone(), run.fid_curve(), &cache, device)?)
     } else {
@@ -223,7 +225,8 @@ where
 
     let images = Arc::new(images);
     let order = DataOrder::new(images.len(), t.batch_size, config.run.seed, config.data.hflip);
-    let train_loader = Arc::new(StepLoader::<B>::new(images.clone(), order.clone(), t.batch_size, start_step..total_steps, device.clone()));
+    let lookahead = config.assignment.overlap && config.assignment.solves_on_host();
+    let train_loader = Arc::new(StepLoader::<B>::new(images.clone(), order.clone(), t.batch_size, start_step..total_steps, device.clone()).with_lookahead(lookahead));
     let valid_loader = Arc::new(StepLoader::<B::InnerBackend>::new(images.clone(), order.clone(), t.batch_size, 0..0, device.clone()));
     let monitor = TrainingMonitor::new(MonitorConfig {
         journal: journal.clone(),

@@ -31,7 +31,7 @@ use crate::export::{self, SNAPSHOT_FILE};
 use crate::optim::grad_norm_squared;
 use crate::trainer::DiffusionOutput;
 use crate::data::DataOrder;
-use crate::fid::{fid_due, FidPlan};
+use crate::fid::FidPlan;
 use crate::optim::WarmupLr;
 use crate::seeds::{self, Stream};
 use crate::trainer::Trainer;
@@ -90,7 +90,7 @@ pub struct StepStrategy<B: AutodiffBackend> {
     pub device: B::Device,
     pub plan: StepPlan,
     pub samples: SamplePlan,
-    /// FID every `fid.every` steps and at the end, when `eval.fid_every > 0`.
+    /// FID at the steps `eval.fid_every` and `eval.fid_at` ask for, and at the end.
     pub fid: Option<FidPlan<B::InnerBackend>>,
     pub store: CheckpointStore,
     /// Burn's `fit` returns only the model: how the session ended is sent here, once.
@@ -232,7 +232,7 @@ where
             if (plan.sample_every > 0 && step % plan.sample_every == 0) || last {
                 finished.last_samples = Some(self.sample(&learner.model(), step)?);
             }
-            if let Some(fid) = self.fid.as_ref().filter(|fid| fid_due(fid.every, step, plan.total_steps)) {
+            if let Some(fid) = self.fid.as_ref().filter(|fid| fid.when.fid_due(step, plan.total_steps)) {
                 self.evaluate_fid(fid, &learner.model(), step)?;
             }
             finished.last_step = step;

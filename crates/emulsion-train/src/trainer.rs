@@ -1,7 +1,9 @@
 //! The module Burn's `Learner` trains: the network, its EMA copy (kept in the module so it is
 //! checkpointed with it), and the recipe of one training step.
 
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::thread::JoinHandle;
+use std::time::Instant;
 
 use burn::module::{AutodiffModule, Module, ModuleMapper, ModuleVisitor, Param, ParamId};
 use burn::optim::{GradientsAccumulator, GradientsParams, Optimizer};
@@ -13,7 +15,7 @@ use burn::train::{InferenceStep, TrainOutput, TrainStep};
 use burn::backend::Flex;
 use emulsion_models::{UNet, UNetConfig};
 
-use emulsion_assign::{assign, AssignBackend, AssignConfig};
+use emulsion_assign::{assign, assign_by_columns, host_costs, lapjv, AssignBackend, AssignConfig};
 
 use crate::data::DiffusionBatch;
 use crate::objective::{Objective, ObjectiveInput};
@@ -40,6 +42,31 @@ pub struct Recipe {
     pub micro_batch_threads: usize,
     /// How each batch's noise is paired with its images (immiscible diffusion).
     pub assignment: AssignConfig,
+    /// The next step's assignment, being solved on a host thread (`assignment.overlap`).
+    pub ahead: AssignAhead,
+}
+
+/// The assignment of step `k + 1`, solved by LAPJV on a host thread while step `k` runs
+/// (`assignment.overlap`): its images are known a step early and its noise is a pure function of
+/// the step, so the permutation is the one solving it inline would give. Shared by the clones of
+/// a recipe (Burn clones the module).
+#[derive(Debug, Clone, Default)]
+pub struct AssignAhead(Arc<Mutex<Option<(u64, JoinHandle<Vec<usize>>)>>>);
+
+impl AssignAhead {
+    /// The columns solved for `step`, waiting for them if need be; `None` when none were
+    /// started for it (the first step of a session).
+    fn take(&self, step: u64) -> Option<Vec<usize>> {
+        let pending = self.0.lock().unwrap_or_else(PoisonError::into_inner).take();
+        match pending {
+            Some((ahead, handle)) if ahead == step => Some(handle.join().expect("LAPJV panicked on its host thread")),
+            _ => None,
+        }
+    }
+
+    fn start(&self, step: u64, solve: impl FnOnce() -> Vec<usize> + Send + 'static) {
+        *self.0.lock().unwrap_or_else(PoisonError::into_inner) = Some((step, std::thread::spawn(solve)));
+    }
 }
 
 /// The trained module: `net` is optimised, `ema` follows it.
@@ -103,23 +130,41 @@ impl<B: AssignBackend> Trainer<B> {
     }
 
     fn loss_and_assignment(&self, batch: DiffusionBatch<B>) -> DiffusionOutput<B> {
-        let DiffusionBatch { images, labels, step } = batch;
-        let noise = self.batch_noise(&images, step);
+        let DiffusionBatch { images, labels, step, next_images } = batch;
+        let noise = self.batch_noise(&images, step, next_images.as_ref());
         let loss = self.chunk_loss(images, noise.noise, labels, step, 0);
         DiffusionOutput { loss, assign_distance: noise.mean_distance, assign_seconds: noise.seconds, skipped_steps: 0 }
     }
 
     /// The noise of step `step`'s whole batch, drawn from its own stream and assigned to the
-    /// images as the recipe says, before any split into micro-batches.
-    pub fn batch_noise(&self, images: &Tensor<B, 4>, step: u64) -> BatchNoise<B> {
+    /// images as the recipe says, before any split into micro-batches. Given the next step's
+    /// images (and `assignment.overlap` with `lsa`), it also starts solving the next step's
+    /// assignment on a host thread; the step that finds its own solved waits only for the rest.
+    pub fn batch_noise(&self, images: &Tensor<B, 4>, step: u64, next_images: Option<&Tensor<B, 4>>) -> BatchNoise<B> {
+        let shape = images.dims();
+        let flat = |t: Tensor<B, 4>| t.reshape([shape[0] as i32, -1]);
+        let noise = self.step_noise(images, step);
+        let started = Instant::now();
+        let assignment = &self.recipe.assignment;
+        let assigned = match self.recipe.ahead.take(step) {
+            Some(columns) => assign_by_columns(flat(images.clone()), flat(noise), &columns, started),
+            None => assign(flat(images.clone()), flat(noise), assignment),
+        };
+        if let Some(next) = next_images.filter(|_| assignment.overlap && assignment.solves_on_host()) {
+            let next_flat = |t: Tensor<B, 4>| t.reshape([next.dims()[0] as i32, -1]);
+            if let Some(costs) = host_costs(&next_flat(next.clone()), &next_flat(self.step_noise(next, step + 1)), assignment) {
+                self.recipe.ahead.start(step + 1, move || lapjv(&costs));
+            }
+        }
+        BatchNoise { noise: assigned.noise.reshape(shape), mean_distance: assigned.mean_distance, seconds: started.elapsed().as_secs_f64() }
+    }
+
+    /// Step `step`'s noise for `images`, from its own stream.
+    fn step_noise(&self, images: &Tensor<B, 4>, step: u64) -> Tensor<B, 4> {
         let device = images.device();
         let step_seed = seeds::derive(self.recipe.seed, Stream::Step, step);
         B::seed(&device, seeds::derive(step_seed, Stream::Noise, 0));
-        let shape = images.dims();
-        let noise = Tensor::<B, 4>::random(shape, Distribution::Normal(0.0, 1.0), &device);
-        let flat = |t: Tensor<B, 4>| t.reshape([shape[0] as i32, -1]);
-        let assigned = assign(flat(images.clone()), flat(noise), &self.recipe.assignment);
-        BatchNoise { noise: assigned.noise.reshape(shape), mean_distance: assigned.mean_distance, seconds: assigned.seconds }
+        Tensor::<B, 4>::random(images.dims(), Distribution::Normal(0.0, 1.0), &device)
     }
 
     /// The mean loss of micro-batch `chunk` of step `step`, given its noise. Chunk 0 draws from
@@ -227,9 +272,9 @@ impl<B: AutodiffBackend + AssignBackend> TrainStep for Trainer<B> {
 
     /// One backward pass per micro-batch; the gradients add up to those of the batch mean.
     fn step(&self, batch: DiffusionBatch<B>) -> TrainOutput<DiffusionOutput<B>> {
-        let DiffusionBatch { images, labels, step } = batch;
+        let DiffusionBatch { images, labels, step, next_images } = batch;
         let n = images.dims()[0];
-        let noise = self.batch_noise(&images, step);
+        let noise = self.batch_noise(&images, step, next_images.as_ref());
         let size = match self.recipe.micro_batch {
             0 => n,
             m => m.min(n),
@@ -403,6 +448,7 @@ mod tests {
             micro_batch: 0,
             micro_batch_threads: 1,
             assignment: AssignConfig::default(),
+            ahead: AssignAhead::default(),
         }
     }
 
@@ -457,6 +503,7 @@ mod tests {
             images: Tensor::zeros([2, 1, 4, 4], &device),
             labels: Some(Tensor::from_ints([0, 1], &device)),
             step,
+            next_images: None,
         };
         let loss = |step| trainer.loss(batch(step)).into_scalar();
         assert_eq!(loss(5), loss(5));
@@ -497,7 +544,7 @@ mod tests {
                 <TestAutodiffBackend as Backend>::seed(&device, 8);
                 let images = Tensor::<TestAutodiffBackend, 4>::random([5, 1, 4, 4], Distribution::Uniform(-1.0, 1.0), &device);
                 let labels = Tensor::<TestAutodiffBackend, 1, Int>::from_ints([0, 1, 2, 0, 1], &device);
-                let out = TrainStep::step(&trainer, DiffusionBatch { images, labels: Some(labels), step: 3 });
+                let out = TrainStep::step(&trainer, DiffusionBatch { images, labels: Some(labels), step: 3, next_images: None });
                 (out.item.loss.into_scalar(), flat_grads(&trainer, &out.grads))
             };
             let one = run(1);
@@ -510,6 +557,51 @@ mod tests {
     }
 
     #[test]
+    fn lsa_solved_a_step_ahead_gives_the_bits_of_lsa_solved_inline() {
+        let _rng = crate::lock_backend_rng();
+        let device = Default::default();
+        <TestAutodiffBackend as Backend>::seed(&device, 12);
+        let batches: Vec<Tensor<TestAutodiffBackend, 4>> = (0..4).map(|_| Tensor::random([6, 1, 4, 4], Distribution::Uniform(-1.0, 1.0), &device)).collect();
+        let labels = Tensor::<TestAutodiffBackend, 1, Int>::from_ints([0, 1, 2, 0, 1, 2], &device);
+        let trainer = |overlap: bool| {
+            let mut trainer = recipe(9).init::<TestAutodiffBackend>(&tiny(), &device);
+            trainer.recipe.assignment = AssignConfig { method: emulsion_assign::Method::Lsa, overlap, ..Default::default() };
+            trainer
+        };
+        // Steps 10 to 13 as training takes them, each given the next one's images.
+        let next = |k: usize| batches.get(k + 1).cloned();
+        let noises = |overlap: bool| {
+            let trainer = trainer(overlap);
+            let mut noises = Vec::new();
+            for (k, images) in batches.iter().enumerate() {
+                let noise = trainer.batch_noise(images, k as u64 + 10, next(k).as_ref());
+                // While step k runs, step k + 1's assignment is being solved (not after the last).
+                assert_eq!(trainer.recipe.ahead.0.lock().unwrap().as_ref().map(|p| p.0), (overlap && k < 3).then_some(k as u64 + 11));
+                noises.push(noise.noise.into_data().to_vec::<f32>().unwrap());
+            }
+            noises
+        };
+        let steps = |overlap: bool| {
+            let trainer = trainer(overlap);
+            let mut out = Vec::new();
+            for (k, images) in batches.iter().enumerate() {
+                let batch = DiffusionBatch { images: images.clone(), labels: Some(labels.clone()), step: k as u64 + 10, next_images: next(k) };
+                let step = TrainStep::step(&trainer, batch);
+                out.push((step.item.loss.into_scalar(), step.item.assign_distance.into_scalar(), flat_grads(&trainer, &step.grads)));
+            }
+            out
+        };
+        let inline = noises(false);
+        assert!(inline == noises(true), "the overlapped assignment changed the noise");
+        assert!(steps(false) == steps(true), "the overlapped assignment changed a loss, a distance or a gradient");
+        // And LSA did pair the noise: not the unassigned draw.
+        let mut plain = recipe(9).init::<TestAutodiffBackend>(&tiny(), &device);
+        plain.recipe.assignment = AssignConfig::default();
+        let unassigned: Vec<f32> = plain.batch_noise(&batches[0], 10, None).noise.into_data().to_vec().unwrap();
+        assert_ne!(unassigned, inline[0]);
+    }
+
+    #[test]
     fn micro_batches_add_up_to_the_batch_mean() {
         let _rng = crate::lock_backend_rng();
         let device = Default::default();
@@ -517,7 +609,7 @@ mod tests {
         <TestAutodiffBackend as Backend>::seed(&device, 5);
         let images = Tensor::<TestAutodiffBackend, 4>::random([3, 1, 4, 4], Distribution::Uniform(-1.0, 1.0), &device);
         let labels = Tensor::<TestAutodiffBackend, 1, Int>::from_ints([0, 2, 1], &device);
-        let batch = DiffusionBatch { images: images.clone(), labels: Some(labels.clone()), step: 4 };
+        let batch = DiffusionBatch { images: images.clone(), labels: Some(labels.clone()), step: 4, next_images: None };
 
         // A micro-batch at least as large as the batch changes nothing.
         let mut same = recipe(2).init::<TestAutodiffBackend>(&tiny(), &device);
@@ -530,7 +622,7 @@ mod tests {
         split.recipe.micro_batch = 2;
         let out = TrainStep::step(&split, batch);
         // The noise is drawn for the whole batch, then split with it.
-        let noise = split.batch_noise(&images, 4).noise;
+        let noise = split.batch_noise(&images, 4, None).noise;
         let part = |start, len, chunk| {
             let (x, e) = (images.clone().narrow(0, start, len), noise.clone().narrow(0, start, len));
             split.chunk_loss(x, e, Some(labels.clone().narrow(0, start, len)), 4, chunk)

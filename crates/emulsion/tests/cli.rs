@@ -92,6 +92,12 @@ fn every_example_config_is_valid() {
             ok(emulsion(&["train", path.to_str().unwrap(), "--dry-run"]));
         }
     }
+    // Every sweep resolves every run's config (and finds the networks its metric needs).
+    for entry in std::fs::read_dir(repo().join("configs/sweeps")).unwrap() {
+        let path = entry.unwrap().path();
+        let listed = ok(emulsion(&["sweep", path.to_str().unwrap(), "--dry-run"]));
+        assert!(stderr(&listed).contains("runs ("), "{}", stderr(&listed));
+    }
 }
 
 #[test]
@@ -503,21 +509,26 @@ fn fid_compares_folders_configs_and_saved_statistics() {
     fails_with(emulsion(&["fid", "--device", "cpu", "--weights", "missing.safetensors", a.to_str().unwrap(), b.to_str().unwrap()]), &["missing.safetensors", "fetch_inception.sh"]);
 }
 
-#[test]
-fn sweeps_run_every_combination_resume_and_summarise() {
-    let Some(weights) = inception_weights() else { return };
-    let out = tempdir("sweep");
-    let base = out.join("base.toml");
+/// Writes the quick start as `out/base.toml` (its data path made absolute) and returns the
+/// `[set]` lines of a sweep that shrinks it as `tiny` does.
+fn sweep_base(out: &Path) -> String {
     let text = std::fs::read_to_string(repo().join("configs/quickstart.toml")).unwrap().replace("\"datasets/fashion-mnist\"", &format!("{:?}", repo().join("datasets/fashion-mnist").display().to_string()));
-    std::fs::write(&base, text).unwrap();
-    let mut set: String = tiny(&out, "unused")
+    std::fs::write(out.join("base.toml"), text).unwrap();
+    tiny(out, "unused")
         .iter()
         .filter(|s| !s.starts_with("run."))
         .map(|s| {
             let (k, v) = s.split_once('=').unwrap();
             format!("\"{k}\" = {}\n", if v.starts_with('[') || v.parse::<f64>().is_ok() { v.to_string() } else { format!("{v:?}") })
         })
-        .collect();
+        .collect()
+}
+
+#[test]
+fn sweeps_run_every_combination_resume_and_summarise() {
+    let Some(weights) = inception_weights() else { return };
+    let out = tempdir("sweep");
+    let mut set = sweep_base(&out);
     set.push_str(&format!("\"eval.fid_every\" = 2\n\"eval.fid_samples\" = 4\n\"eval.fid_reference\" = 4\n\"eval.fid_batch\" = 4\n\"eval.inception\" = {weights:?}\n\"run.device\" = \"cpu\"\n"));
     let sweep = out.join("tiny.toml");
     std::fs::write(
@@ -808,4 +819,51 @@ fn usage_error(output: Output, needles: &[&str]) {
         assert!(err.contains(needle), "stderr lacks {needle:?}:
 {err}");
     }
+}
+
+#[test]
+fn fd_net_trains_and_a_sweep_runs_two_fd_fmnist_runs_at_once_on_one_device() {
+    let out = tempdir("fd-sweep");
+    let net = out.join("fd.safetensors");
+    let data = repo().join("datasets/fashion-mnist");
+    let train = |net: &Path| ok(emulsion(&["fd-net", "train", "--device", "cpu", "--data", data.to_str().unwrap(), "--limit", "256", "--epochs", "1", "--batch", "64", "--holdout", "200", "--out", net.to_str().unwrap()]));
+    let first = train(&net);
+    assert!(stderr(&first).contains("test accuracy") && stderr(&first).contains("floor"), "{}", stderr(&first));
+    let record: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(net.with_extension("json")).unwrap()).unwrap();
+    assert_eq!(record["train_images"], "test split, images 0..256");
+    // Four steps learn little; the unit tests check learning. Here: a record that makes sense.
+    let accuracy = record["test_accuracy"].as_f64().unwrap();
+    assert!((0.0..=1.0).contains(&accuracy) && record["floor"].as_f64().unwrap() > 0.0 && record["seconds"].as_f64().unwrap() > 0.0, "{record}");
+    // Deterministic: a second training writes the same bytes.
+    let again = out.join("again.safetensors");
+    train(&again);
+    assert_eq!(std::fs::read(&net).unwrap(), std::fs::read(&again).unwrap());
+    fails_with(emulsion(&["fd-net", "train", "--device", "cpu", "--data", data.to_str().unwrap(), "--holdout", "20000"]), &["--holdout", "20000"]);
+
+    let mut set = sweep_base(&out);
+    set.push_str(&format!(
+        "\"eval.metric\" = \"fd_fmnist\"\n\"eval.fd_net\" = {:?}\n\"eval.fid_at\" = [1, 2]\n\"eval.fid_samples\" = 4\n\"eval.fid_reference\" = 8\n\"eval.fid_batch\" = 4\n\"run.device\" = \"cpu\"\n",
+        net.display().to_string()
+    ));
+    let sweep = out.join("fd.toml");
+    std::fs::write(&sweep, format!("base = \"base.toml\"\nout_dir = {:?}\nseeds = [0]\nbaseline = \"method-none\"\n[set]\n{set}[grid]\n\"assignment.method\" = [\"none\", \"lsa\"]\n", out.display().to_string())).unwrap();
+    ok(emulsion(&["sweep", sweep.to_str().unwrap(), "--devices", "cpu", "--jobs-per-device", "2"]));
+    let root = out.join("fd");
+    for combination in ["method-none", "method-lsa"] {
+        let run = root.join(combination).join("seed-0");
+        // Side by side, each child writes its own log.
+        assert!(run.join("train.log").is_file(), "{combination}");
+        let lines: Vec<serde_json::Value> = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).filter(|l: &serde_json::Value| l["kind"] == "fid").collect();
+        let steps: Vec<u64> = lines.iter().map(|l| l["step"].as_u64().unwrap()).collect();
+        assert_eq!(steps, vec![1, 2, 4], "{combination}: fid_at and the last step");
+        assert!(lines.iter().all(|l| l["metric"] == "fd_fmnist" && l["fid"].as_f64().unwrap() >= 0.0), "{lines:?}");
+    }
+    assert_eq!(std::fs::read_dir(&root).unwrap().flatten().filter(|e| e.file_name().to_string_lossy().starts_with("fd_fmnist-reference-")).count(), 1);
+    let summary = std::fs::read_to_string(root.join("summary.md")).unwrap();
+    assert!(summary.contains("1.1 × final of method-none") && summary.contains("95% interval"), "{summary}");
+    // The baseline reaches 1.1 × its own final value by its last step at the latest.
+    assert!(summary.lines().any(|l| l.starts_with("| method-none | 1/1 |") && l.contains("(1/1)")), "{summary}");
+    let zero = emulsion(&["sweep", sweep.to_str().unwrap(), "--jobs-per-device", "0"]);
+    assert_eq!(zero.status.code(), Some(2), "a usage error");
+    assert!(stderr(&zero).contains("jobs-per-device"), "{}", stderr(&zero));
 }

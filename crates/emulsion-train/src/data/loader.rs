@@ -19,6 +19,9 @@ pub struct DiffusionBatch<B: Backend> {
     pub labels: Option<Tensor<B, 1, Int>>,
     /// The 0-based optimiser step this batch is for; it seeds the step's randomness.
     pub step: u64,
+    /// The images of step `step + 1`, when the loader looks ahead (so the step can start
+    /// solving the next step's assignment) and the run has one.
+    pub next_images: Option<Tensor<B, 4>>,
 }
 
 /// Serves the batches of steps `steps` of a run.
@@ -29,11 +32,17 @@ pub struct StepLoader<B: Backend> {
     batch_size: usize,
     steps: Range<u64>,
     device: B::Device,
+    lookahead: bool,
 }
 
 impl<B: Backend> StepLoader<B> {
     pub fn new(images: Arc<ImageSet>, order: DataOrder, batch_size: usize, steps: Range<u64>, device: B::Device) -> Self {
-        Self { images, order, batch_size, steps, device }
+        Self { images, order, batch_size, steps, device, lookahead: false }
+    }
+
+    /// Serves each batch with the next step's images too ([`DiffusionBatch::next_images`]).
+    pub fn with_lookahead(self, lookahead: bool) -> Self {
+        Self { lookahead, ..self }
     }
 
     /// The batch of `step` on this loader's device.
@@ -47,7 +56,7 @@ impl<B: Backend> StepLoader<B> {
             let values: Vec<i64> = indices.iter().map(|&i| labels[i] as i64).collect();
             Tensor::from_data(TensorData::new(values, [indices.len()]), &self.device)
         });
-        DiffusionBatch { images, labels, step }
+        DiffusionBatch { images, labels, step, next_images: None }
     }
 }
 
@@ -55,6 +64,8 @@ struct StepIterator<'a, B: Backend> {
     loader: &'a StepLoader<B>,
     order: DataOrder,
     next: u64,
+    /// The batch of step `next`, built a step early when looking ahead.
+    ahead: Option<DiffusionBatch<B>>,
 }
 
 impl<B: Backend> Iterator for StepIterator<'_, B> {
@@ -64,8 +75,16 @@ impl<B: Backend> Iterator for StepIterator<'_, B> {
         if self.next >= self.loader.steps.end {
             return None;
         }
-        let batch = self.loader.batch(&mut self.order, self.next);
+        let mut batch = match self.ahead.take() {
+            Some(batch) => batch,
+            None => self.loader.batch(&mut self.order, self.next),
+        };
         self.next += 1;
+        if self.loader.lookahead && self.next < self.loader.steps.end {
+            let ahead = self.loader.batch(&mut self.order, self.next);
+            batch.next_images = Some(ahead.images.clone());
+            self.ahead = Some(ahead);
+        }
         Some(batch)
     }
 }
@@ -78,7 +97,7 @@ impl<B: Backend> DataLoaderIterator<DiffusionBatch<B>> for StepIterator<'_, B> {
 
 impl<B: Backend> DataLoader<B, DiffusionBatch<B>> for StepLoader<B> {
     fn iter<'a>(&'a self) -> Box<dyn DataLoaderIterator<DiffusionBatch<B>> + 'a> {
-        Box::new(StepIterator { loader: self, order: self.order.clone(), next: self.steps.start })
+        Box::new(StepIterator { loader: self, order: self.order.clone(), next: self.steps.start, ahead: None })
     }
 
     fn num_items(&self) -> usize {
@@ -126,5 +145,18 @@ mod tests {
         }
         let tail: Vec<_> = loader.slice(2, 6).iter().map(|b| b.step).collect();
         assert_eq!(tail, vec![4, 5]);
+        assert!(batches.iter().all(|b| b.next_images.is_none()));
+
+        // Looking ahead: each batch but the last carries the next one's images, and the
+        // batches themselves are unchanged.
+        let ahead: Vec<_> = loader.clone().with_lookahead(true).iter().collect();
+        let data = |t: &Tensor<TestBackend, 4>| -> Vec<f32> { t.clone().into_data().to_vec().unwrap() };
+        for (i, b) in ahead.iter().enumerate() {
+            assert_eq!(data(&b.images), data(&batches[i].images));
+            match batches.get(i + 1) {
+                Some(next) => assert_eq!(data(b.next_images.as_ref().unwrap()), data(&next.images)),
+                None => assert!(b.next_images.is_none()),
+            }
+        }
     }
 }

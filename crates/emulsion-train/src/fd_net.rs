@@ -1,6 +1,6 @@
 //! `emulsion fd-net train`: trains the classifier of the `fd_fmnist` metric
-//! ([`emulsion_fid::fd_fmnist`]) once, deterministically: its initial weights, the order of
-//! every epoch and so every update are pure functions of the seed, and it records what it was
+//! ([`emulsion_fid::fd_fmnist`]) once, deterministically: its initial weights (drawn on the
+//! host), the order of every epoch and so every update are pure functions of the seed, and it records what it was
 //! trained on, its test accuracy and the metric's floor beside its weights.
 //!
 //! Data: Fashion-MNIST's training split (60,000 images; the Debian package
@@ -16,7 +16,8 @@ use burn::nn::loss::CrossEntropyLossConfig;
 use burn::optim::{AdamConfig, GradientsParams, Optimizer};
 use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
-use emulsion_fid::fd_fmnist::{FdNetConfig, IMAGE_SIZE};
+use burn::module::Param;
+use emulsion_fid::fd_fmnist::{Conv3x3, FdNetConfig, IMAGE_SIZE};
 use emulsion_fid::{frechet_distance, FdNet, FeatureNet};
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
@@ -130,6 +131,28 @@ fn split_data(options: &FdNetTraining) -> Result<(ImageSet, String, ImageSet, St
     Ok((train, train_name, test, test_name))
 }
 
+/// The network `FdNetConfig::init` builds (He-uniform weights, zero biases), its weights drawn
+/// on the host from `(seed, Init)`: the backend's generator is global and shared, so a draw
+/// elsewhere in the process could change it, and it differs between backends.
+fn seeded_init<B: Backend>(channels: [usize; 3], seed: u64, device: &B::Device) -> FdNet<B> {
+    use rand::Rng;
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seeds::derive(seed, Stream::Init, 0));
+    let mut uniform = |shape: Vec<usize>, fan_in: usize| {
+        let bound = (1.0 / fan_in as f64).sqrt() as f32;
+        let values: Vec<f32> = (0..shape.iter().product::<usize>()).map(|_| rng.random_range(-bound..=bound)).collect();
+        TensorData::new(values, shape)
+    };
+    let zeros = |n: usize| Param::from_data(TensorData::new(vec![0f32; n], [n]), device);
+    let mut input = 1;
+    let mut convs = Vec::new();
+    for &out in &channels {
+        convs.push(Conv3x3 { weight: Param::from_data(uniform(vec![out, input, 3, 3], input * 9), device), bias: zeros(out) });
+        input = out;
+    }
+    let classes = FdNetConfig::new().classes;
+    FdNet { convs, head_weight: Param::from_data(uniform(vec![classes, input], input), device), head_bias: zeros(classes) }
+}
+
 /// Images `indices` of `set` as a `[n, 1, 28, 28]` tensor of pixel values, and their labels.
 fn batch<B: Backend>(set: &ImageSet, indices: &[usize], device: &B::Device) -> (Tensor<B, 4>, Tensor<B, 1, Int>) {
     let pixels: Vec<f32> = indices.iter().flat_map(|&i| set.image(i).iter().map(|&p| p as f32)).collect();
@@ -150,8 +173,7 @@ pub fn train<B: AutodiffBackend>(options: &FdNetTraining, device: &B::Device, pr
     }
     let started = Instant::now();
     let (train_set, train_images, test_set, test_images) = split_data(options)?;
-    B::seed(device, seeds::derive(options.seed, Stream::Init, 0));
-    let mut net = FdNetConfig::new().with_channels(options.channels).init::<B>(device);
+    let mut net = seeded_init::<B>(options.channels, options.seed, device);
     let mut optimizer = AdamConfig::new().init();
     let loss_fn = CrossEntropyLossConfig::new().init(device);
     let mut final_loss = f64::NAN;

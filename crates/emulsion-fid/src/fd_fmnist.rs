@@ -69,22 +69,27 @@ impl FdNetConfig {
     /// A network with He-uniform weights (Burn's and PyTorch's default bound, `√(1/fan_in)`)
     /// from the device's generator, and zero biases.
     pub fn init<B: Backend>(&self, device: &B::Device) -> FdNet<B> {
-        let uniform = |fan_in: usize| Distribution::Uniform(-(1.0 / fan_in as f64).sqrt(), (1.0 / fan_in as f64).sqrt());
+        self.init_with(device, |shape, bound| {
+            let values = Tensor::<B, 1>::random([shape.iter().product::<usize>()], Distribution::Uniform(-bound, bound), device).into_data();
+            TensorData::new(values.convert::<f32>().to_vec::<f32>().expect("converted to f32"), shape.to_vec())
+        })
+    }
+
+    /// The network with each weight tensor `draw(shape, bound)`: values of U(−bound, bound),
+    /// `bound = √(1/fan_in)`; the biases are zero.
+    pub fn init_with<B: Backend>(&self, device: &B::Device, mut draw: impl FnMut(&[usize], f64) -> TensorData) -> FdNet<B> {
+        let mut weight = |shape: &[usize]| {
+            let fan_in: usize = shape[1..].iter().product();
+            draw(shape, (1.0 / fan_in as f64).sqrt())
+        };
+        let zeros = |n: usize| Param::from_tensor(Tensor::zeros([n], device));
         let mut input = 1;
-        let convs = self
-            .channels
-            .iter()
-            .map(|&out| {
-                let weight = Tensor::random([out, input, 3, 3], uniform(input * 9), device);
-                input = out;
-                Conv3x3 { weight: Param::from_tensor(weight), bias: Param::from_tensor(Tensor::zeros([out], device)) }
-            })
-            .collect();
-        FdNet {
-            convs,
-            head_weight: Param::from_tensor(Tensor::random([self.classes, input], uniform(input), device)),
-            head_bias: Param::from_tensor(Tensor::zeros([self.classes], device)),
+        let mut convs = Vec::with_capacity(self.channels.len());
+        for &out in &self.channels {
+            convs.push(Conv3x3 { weight: Param::from_data(weight(&[out, input, 3, 3]), device), bias: zeros(out) });
+            input = out;
         }
+        FdNet { convs, head_weight: Param::from_data(weight(&[self.classes, input]), device), head_bias: zeros(self.classes) }
     }
 }
 

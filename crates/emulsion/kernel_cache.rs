@@ -72,7 +72,7 @@ pub fn activate() -> anyhow::Result<()> {
             }
         }
         prepare(folder);
-        install(folder).map_err(|e| format!("{e:#}"))
+        install(folder).map_err(|e| crate::describe(&e))
     });
     result.clone().map_err(anyhow::Error::msg)
 }

@@ -368,7 +368,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     if let Err(error) = use_kernel_cache(cli.kernel_cache.as_deref()) {
         progress::clear();
-        eprintln!("error: {error:#}");
+        eprintln!("error: {}", describe(&error));
         return ExitCode::from(1);
     }
     let result = match cli.command {
@@ -387,10 +387,26 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             progress::clear();
-            eprintln!("error: {error:#}");
+            eprintln!("error: {}", describe(&error));
             ExitCode::from(1)
         }
     }
+}
+
+/// `error` and its causes, `: `-separated, leaving out a cause whose text is already there: the
+/// libraries' errors name their source in their own message, and anyhow's contexts do not.
+fn describe(error: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in error.chain() {
+        let part = cause.to_string();
+        if !text.contains(&part) {
+            if !text.is_empty() {
+                text.push_str(": ");
+            }
+            text.push_str(&part);
+        }
+    }
+    text
 }
 
 /// Resolves the kernel cache folder for the GPU backends (which open it when chosen), and leaves

@@ -808,6 +808,17 @@ fn bad_flag_values_are_refused_with_the_valid_ones_listed() {
     usage_error(emulsion(&["schedule", "dump", "cosine", "--t", "0.5,y"]), &["'y'", "--t"]);
 }
 
+#[test]
+fn an_error_names_its_cause_once() {
+    for args in [&["train", "missing.toml", "--dry-run"][..], &["sweep", "missing.toml", "--dry-run"]] {
+        let output = emulsion(args);
+        let err = stderr(&output);
+        assert_eq!(output.status.code(), Some(1), "{err}");
+        assert!(err.contains("missing.toml") && !err.contains("panicked"), "{err}");
+        assert_eq!(err.matches("No such file or directory").count(), 1, "{err}");
+    }
+}
+
 /// A command line clap refuses: exit code 2 (the convention for usage errors), no panic.
 fn usage_error(output: Output, needles: &[&str]) {
     let err = stderr(&output);

@@ -273,11 +273,13 @@ impl Sweep {
         })
     }
 
-    /// Every run: combinations in grid order, seeds within each.
+    /// Every run: the first seed of every combination (in grid order), then the second seed of
+    /// every one, and so on, so that a sweep stopped part-way (a GPU window ending) leaves the
+    /// combinations with equal numbers of seeds rather than some done and others not started.
     pub fn runs(&self) -> Vec<SweepRun> {
         let mut runs = Vec::new();
-        for (combination, sets) in &self.combinations {
-            for &seed in &self.seeds {
+        for &seed in &self.seeds {
+            for (combination, sets) in &self.combinations {
                 let dir = self.root.join(combination);
                 let mut overrides = self.fixed.clone();
                 overrides.extend(sets.iter().cloned());
@@ -546,11 +548,13 @@ mod tests {
         assert_eq!(names[5], "method-knn_schedule-laplace");
         let runs = sweep.runs();
         assert_eq!(runs.len(), 12);
-        assert_eq!(runs[1].seed, 4);
-        assert_eq!(runs[1].run_dir, PathBuf::from("out/grid/method-none_schedule-cosine/seed-4"));
+        // Seed-major: every combination's first seed before any second seed.
+        assert_eq!((runs[1].combination.as_str(), runs[1].seed), ("method-none_schedule-laplace", 3));
+        assert_eq!(runs[6].seed, 4);
+        assert_eq!(runs[6].run_dir, PathBuf::from("out/grid/method-none_schedule-cosine/seed-4"));
         // Every run resolves to a config with its own values.
         let configs = sweep.configs(&path).unwrap();
-        let (run, config) = &configs[7];
+        let (run, config) = &configs[9];
         assert_eq!((run.combination.as_str(), run.seed), ("method-lsa_schedule-laplace", 4));
         assert_eq!(config.run.seed, 4);
         assert_eq!(config.run_dir(), run.run_dir);

@@ -79,8 +79,9 @@ pub fn run_all(base: &Path, runs: Vec<SweepRun>, devices: &[DeviceSlot], jobs_pe
                 let done = finished.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
                 emulsion_sample::progress::report("sweep", done, total as u64);
                 if let Err(e) = result {
-                    crate::progress::eprintln(&format!("[{}/{total}] {} seed {} failed: {}", index + 1, run.combination, run.seed, crate::describe(&e)));
-                    failures.lock().expect("not poisoned").push(format!("{} seed {}: {}", run.combination, run.seed, crate::describe(&e)));
+                    let why = crate::describe(&e);
+                    crate::progress::eprintln(&format!("[{}/{total}] {} seed {} failed: {why}", index + 1, run.combination, run.seed));
+                    failures.lock().expect("not poisoned").push(format!("{} seed {}: {why}", run.combination, run.seed));
                     if side_by_side && started.elapsed() < START_FAILURE {
                         crate::progress::eprintln(&format!("{on}: a run failed to start there; it takes no more runs"));
                         break;

@@ -289,6 +289,10 @@ struct TrainArgs {
     /// `emulsion export` writes them) instead of a random initialisation; a resumed run ignores it.
     #[arg(long, value_name = "WEIGHTS.safetensors")]
     init_from: Option<PathBuf>,
+    /// Data-parallel on these devices of one backend, one peer each, e.g. cuda:0,cuda:1 (sets
+    /// run.device and distributed.devices; cpu:0,cpu:1 runs two peers on the CPU).
+    #[arg(long, value_delimiter = ',', value_name = "KIND:N", conflicts_with = "device")]
+    devices: Vec<PeerDevice>,
 }
 
 #[derive(Args)]
@@ -425,6 +429,13 @@ fn train(args: TrainArgs) -> Result<()> {
     if let Some(device) = args.device {
         config.run.device = device;
     }
+    if let Some(first) = args.devices.first() {
+        anyhow::ensure!(args.devices.iter().all(|d| d.choice == first.choice), "--devices {}: the devices must be of one kind", join(&args.devices));
+        config.run.device = first.choice;
+        config.distributed.devices = args.devices.iter().map(|d| d.index).collect();
+    }
+    // The command line changed the config after `load` validated it.
+    config.validate().context("--devices")?;
     if args.dry_run {
         print!("{}", config.to_toml());
         return Ok(());
@@ -451,6 +462,28 @@ fn train(args: TrainArgs) -> Result<()> {
         eprintln!("checkpoint: {}", checkpoint.display());
     }
     Ok(())
+}
+
+fn join(devices: &[PeerDevice]) -> String {
+    devices.iter().map(|d| format!("{}:{}", d.choice, d.index)).collect::<Vec<_>>().join(",")
+}
+
+/// One device of `train --devices`: a backend and the device's index on it.
+#[derive(Debug, Clone, Copy)]
+struct PeerDevice {
+    choice: DeviceChoice,
+    index: u16,
+}
+
+impl std::str::FromStr for PeerDevice {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        let (name, index) = text.trim().split_once(':').unwrap_or((text.trim(), "0"));
+        let choice = <DeviceChoice as clap::ValueEnum>::from_str(name, false).map_err(|_| format!("`{text}` is not a device: cpu, ndarray, wgpu or cuda, with :N for the N-th"))?;
+        let index = index.parse().map_err(|_| format!("`{text}`: the device index after `:` must be a number"))?;
+        Ok(Self { choice, index })
+    }
 }
 
 fn sample(args: SampleArgs) -> Result<()> {

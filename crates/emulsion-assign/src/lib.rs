@@ -62,11 +62,24 @@ pub struct AssignConfig {
     /// `lsa`: solve step k+1's assignment on a host thread while step k runs (its images and
     /// noise are known a step ahead); the permutations are the same as solving inline.
     pub overlap: bool,
+    /// Which images and noise one assignment pairs in data-parallel training.
+    pub scope: Scope,
+}
+
+/// The batch an assignment is solved over when several peers train one batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Scope {
+    /// Each peer's shard alone, as the official code assigns per GPU: `P` problems of `B/P`.
+    Peer,
+    /// The whole global batch, as one process would: one problem of `B`, solved by every peer.
+    #[default]
+    Global,
 }
 
 impl Default for AssignConfig {
     fn default() -> Self {
-        Self { method: Method::None, k: 4, metric: Metric::L2, quantize: Quantize::None, epsilon: 0.0, overlap: true }
+        Self { method: Method::None, k: 4, metric: Metric::L2, quantize: Quantize::None, epsilon: 0.0, overlap: true, scope: Scope::Global }
     }
 }
 

@@ -12,6 +12,7 @@ use emulsion_sample::{SampleConfig, SamplerKind};
 use emulsion_schedule::{Curve, Schedule};
 use serde::{Deserialize, Serialize};
 
+use crate::distributed::DistributedConfig;
 use crate::objective::{LevelChoice, Objective, ObjectiveConfig};
 
 /// A whole run's configuration. Each section documents its keys in `configs/*.toml`.
@@ -33,6 +34,8 @@ pub struct Config {
     pub sample: SampleConfig,
     #[serde(default)]
     pub eval: EvalConfig,
+    #[serde(default)]
+    pub distributed: DistributedConfig,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -617,6 +620,21 @@ impl Config {
             }
             (OnNonFinite::Skip, Some(0)) => return Err(Invalid::new("train.max_skipped_steps", "must be at least 1")),
             _ => {}
+        }
+        self.distributed.validate().map_err(|e| e.within("distributed"))?;
+        let peers = self.distributed.peer_count();
+        if t.batch_size % peers != 0 {
+            return Err(Invalid::new(
+                "train.batch_size",
+                format!("the global batch of {} does not split evenly over {peers} peers (distributed.devices)", t.batch_size),
+            ));
+        }
+        let shard = t.batch_size / peers;
+        if peers > 1 && t.micro_batch > 0 && shard % t.micro_batch != 0 {
+            return Err(Invalid::new(
+                "train.micro_batch",
+                format!("each of the {peers} peers trains {shard} images, which {} does not divide: each peer's micro-batches must be whole micro-batches of the single-process run", t.micro_batch),
+            ));
         }
         self.sample.validate().map_err(|e| e.within("sample"))
     }

@@ -12,6 +12,7 @@ use emulsion_schedule::polynomial::{PolynomialLevels, SinusoidalCurriculum};
 use emulsion_schedule::{Cauchy, CosineBetas, Curve, Laplace, LinearBetas, LogNormal};
 use serde::de::{self, Deserialize, Visitor};
 
+use crate::distributed::DistributedConfig;
 use crate::config::{Config, DataConfig, DiffusionConfig, EvalConfig, ModelConfig, RunConfig, TrainConfig};
 use emulsion_sample::SampleConfig;
 use crate::objective::{CtConfig, Curriculum, FdmConfig, LevelChoice, ObjectiveConfig};
@@ -95,7 +96,7 @@ fn serialised_keys<T: serde::Serialize>(prefix: &str, value: &T) -> BTreeMap<Str
 /// name's key in its parent's table (`diffusion.schedule`) and `type` in its own; one inside the
 /// objective (`base`, `curriculum`, `levels`) is documented by its name's row and its keys.
 fn code_keys() -> BTreeSet<String> {
-    let sections: [(&str, Vec<&str>); 8] = [
+    let sections: [(&str, Vec<&str>); 9] = [
         ("run", fields::<RunConfig>()),
         ("data", fields::<DataConfig>()),
         ("model", fields::<ModelConfig>()),
@@ -104,6 +105,7 @@ fn code_keys() -> BTreeSet<String> {
         ("train", fields::<TrainConfig>()),
         ("sample", fields::<SampleConfig>()),
         ("eval", fields::<EvalConfig>()),
+        ("distributed", fields::<DistributedConfig>()),
     ];
     let top: BTreeSet<&str> = fields::<Config>().into_iter().collect();
     let listed: BTreeSet<&str> = sections.iter().map(|(s, _)| *s).collect();

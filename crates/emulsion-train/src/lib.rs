@@ -9,6 +9,7 @@
 //! - [`checkpoint`]: atomic, resumable checkpoints.
 //! - [`export`]: weights as EDM SongUNet's state dict in safetensors (export, snapshots, import).
 //! - [`fid`]: FID during training: the training images' cached statistics and those of samples.
+//! - [`distributed`]: data-parallel training on Burn's collective.
 //! - [`run`]: a run end to end.
 
 pub mod checkpoint;
@@ -16,6 +17,7 @@ pub mod config;
 #[cfg(test)]
 mod config_docs;
 pub mod data;
+pub mod distributed;
 pub mod export;
 pub mod fd_net;
 pub mod fid;
@@ -64,6 +66,8 @@ pub enum TrainError {
     /// A non-finite loss, gradient norm or weight at `step`.
     #[error("step {step}: {message}")]
     NonFinite { step: u64, message: String },
+    #[error(transparent)]
+    Peer(#[from] distributed::PeerError),
 }
 
 #[cfg(test)]

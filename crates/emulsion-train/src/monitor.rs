@@ -205,6 +205,26 @@ impl MetricsRenderer for TrainingMonitor {
     }
 }
 
+/// The renderer of the peers that do not write the run directory: it shows and writes nothing.
+pub struct SilentMonitor;
+
+impl MetricsRendererTraining for SilentMonitor {
+    fn update_train(&mut self, _state: MetricState) {}
+    fn update_valid(&mut self, _state: MetricState) {}
+    fn render_train(&mut self, _item: TrainingProgress, _indicators: Vec<ProgressType>) {}
+    fn render_valid(&mut self, _item: TrainingProgress, _indicators: Vec<ProgressType>) {}
+}
+
+impl MetricsRendererEvaluation for SilentMonitor {
+    fn update_test(&mut self, _name: EvaluationName, _state: MetricState) {}
+    fn render_test(&mut self, _item: EvaluationProgress, _indicators: Vec<ProgressType>) {}
+}
+
+impl MetricsRenderer for SilentMonitor {
+    fn manual_close(&mut self) {}
+    fn register_metric(&mut self, _definition: MetricDefinition) {}
+}
+
 /// `1h02m`, `3m07s`, `12s`.
 pub fn format_duration(seconds: f64) -> String {
     if !seconds.is_finite() {

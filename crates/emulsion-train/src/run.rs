@@ -37,14 +37,15 @@ use crate::checkpoint::{self, Checkpoint, CheckpointError, CheckpointStore, MODE
 use crate::config::{Config, DEFAULT_MAX_SKIPPED_STEPS};
 use crate::lock::{RunLock, LOCK_FILE};
 use crate::data::{self, DataOrder, StepLoader};
+use crate::distributed::Peer;
 use crate::fid::FidPlan;
 use crate::journal;
-use crate::monitor::{MonitorConfig, TrainingMonitor};
+use crate::monitor::{MonitorConfig, SilentMonitor, TrainingMonitor};
 use crate::optim::WarmupLr;
 use crate::seeds::{self, Stream};
 use crate::strategy::{Components, SamplePlan, StepPlan, StepStrategy};
 use crate::export::{self, SNAPSHOT_FILE};
-use crate::trainer::{Recipe, Trainer};
+use crate::trainer::{with_backend_draws, Recipe, Trainer};
 use crate::TrainError;
 
 /// The resolved config of a run, in its directory and in each checkpoint.
@@ -125,123 +126,200 @@ impl Recipe {
             micro_batch_threads: config.train.micro_batch_threads,
             assignment: config.assignment,
             ahead: Default::default(),
+            peer: Peer::alone(),
         })
     }
 }
 
-/// Trains the run `config` describes on `device`.
+/// Trains the run `config` describes: on `device`, or as one peer per device that
+/// `distributed.devices` names (each on a thread of its own, joined by Burn's collective; the
+/// first writes the run directory).
 pub fn train<B>(config: &Config, device: &B::Device, options: &TrainOptions) -> Result<TrainReport, TrainError>
 where
     B: AutodiffBackend + AssignBackend,
     B::InnerBackend: AssignBackend,
 {
-    let run = RunDir::new(config.run_dir());
-    // One writer per run directory, before anything in it is touched (and before the data is
-    // read, so that a second writer is refused at once).
-    let _lock = RunLock::acquire(&run.root)?;
-    let (images, unet) = load_images(config)?;
-    if let Some(weights) = &options.init_from {
-        // Checked before the run directory is touched (`--overwrite` deletes it).
-        export::load_weights(unet.init::<B::InnerBackend>(device), &unet, weights)?;
+    let dist = &config.distributed;
+    let peers = dist.peers();
+    let device_of = |peer: &Peer| if dist.devices.is_empty() { device.clone() } else { peer.device::<B>() };
+    let (prepared, store) = Prepared::new::<B>(config, options, device)?;
+    if dist.is_single() {
+        return session::<B>(config, &prepared, Some(store), &peers[0], &device_of(&peers[0]), options);
     }
-    let resume_from = prepare_run_dir(&run, options)?;
-    // Clears what an interrupted write left, before this session writes anything.
-    let store = CheckpointStore::open(&run.checkpoints(), config.train.keep_checkpoints)?;
-
-    let mut resolved = config.clone();
-    resolved.data.image_size = Some(images.size);
-    resolved.model.attn_resolutions = Some(unet.attn_resolutions.clone());
-    let config_toml = resolved.to_toml();
-    let unet_json = serde_json::to_string_pretty(&unet).expect("UNetConfig serialises");
-    for (name, text) in [(CONFIG_FILE, &config_toml), (UNET_FILE, &unet_json)] {
-        let path = run.root.join(name);
-        std::fs::write(&path, text).map_err(|source| TrainError::Io { path, source })?;
+    tracing::info!("data-parallel: {} peers on devices {:?}, {} images each per step", peers.len(), dist.device_indices(), config.train.batch_size / peers.len());
+    let mut store = Some(store);
+    let results: Vec<Result<TrainReport, TrainError>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = peers
+            .iter()
+            .map(|peer| {
+                let (prepared, store, device) = (&prepared, if peer.writes() { store.take() } else { None }, device_of(peer));
+                std::thread::Builder::new()
+                    .name(format!("peer-{}", peer.rank))
+                    .spawn_scoped(scope, move || {
+                        let result = session::<B>(config, prepared, store, peer, &device, options);
+                        if let Err(e) = &result {
+                            peer.fail(&e.to_string());
+                        }
+                        result
+                    })
+                    .expect("a thread starts")
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap_or_else(|_| Err(TrainError::Device("a peer's thread panicked".into())))).collect()
+    });
+    crate::distributed::reset::<B::InnerBackend>();
+    // The first failure is the cause; the others' errors say they stopped because of it.
+    let mut reports = Vec::new();
+    let mut failures: Vec<TrainError> = Vec::new();
+    for result in results {
+        match result {
+            Ok(report) => reports.push(report),
+            Err(e) => failures.push(e),
+        }
     }
+    if let Some(cause) = failures.iter().position(|e| !matches!(e, TrainError::Peer(crate::distributed::PeerError::PeerFailed { .. }))) {
+        return Err(failures.swap_remove(cause));
+    }
+    if let Some(first) = failures.into_iter().next() {
+        return Err(first);
+    }
+    Ok(reports.swap_remove(0))
+}
 
-    let recipe = Recipe::from_config(config)?;
+/// What is prepared once for all peers: the run directory (under its lock), the images and the
+/// network shape, and the checkpoint to resume from.
+struct Prepared {
+    run: RunDir,
+    _lock: RunLock,
+    images: Arc<data::ImageSet>,
+    unet: UNetConfig,
+    resume_from: Option<Checkpoint>,
+    config_toml: String,
+    unet_json: String,
+}
+
+impl Prepared {
+    fn new<B: AutodiffBackend>(config: &Config, options: &TrainOptions, device: &B::Device) -> Result<(Self, CheckpointStore), TrainError> {
+        let run = RunDir::new(config.run_dir());
+        // One writer per run directory, before anything in it is touched (and before the data
+        // is read, so that a second writer is refused at once).
+        let lock = RunLock::acquire(&run.root)?;
+        let (images, unet) = load_images(config)?;
+        if let Some(weights) = &options.init_from {
+            // Checked before the run directory is touched (`--overwrite` deletes it).
+            export::load_weights(unet.init::<B::InnerBackend>(device), &unet, weights)?;
+        }
+        let mut resolved = config.clone();
+        resolved.data.image_size = Some(images.size);
+        resolved.model.attn_resolutions = Some(unet.attn_resolutions.clone());
+        let config_toml = resolved.to_toml();
+        let unet_json = serde_json::to_string_pretty(&unet).expect("UNetConfig serialises");
+        let resume_from = prepare_run_dir(&run, options)?;
+        // Clears what an interrupted write left, before this session writes anything.
+        let store = CheckpointStore::open(&run.checkpoints(), config.train.keep_checkpoints)?;
+        for (name, text) in [(CONFIG_FILE, &config_toml), (UNET_FILE, &unet_json)] {
+            let path = run.root.join(name);
+            std::fs::write(&path, text).map_err(|source| TrainError::Io { path, source })?;
+        }
+        Ok((Self { run, _lock: lock, images: Arc::new(images), unet, resume_from, config_toml, unet_json }, store))
+    }
+}
+
+/// One peer's training session (the only one of a single-device run): its learner, the
+/// checkpoint loaded into it, and Burn's `Learner` driven by the step strategy. `store` is the
+/// writer's (peer 0's).
+fn session<B>(config: &Config, prepared: &Prepared, store: Option<CheckpointStore>, peer: &Peer, device: &B::Device, options: &TrainOptions) -> Result<TrainReport, TrainError>
+where
+    B: AutodiffBackend + AssignBackend,
+    B::InnerBackend: AssignBackend,
+{
+    let Prepared { run, images, unet, resume_from, config_toml, unet_json, .. } = prepared;
+    let writes = store.is_some();
+    let recipe = Recipe { peer: peer.clone(), ..Recipe::from_config(config)? };
     let generator = Generator { precond: recipe.objective.precond(), schedule: recipe.objective.schedule().clone(), shape: [images.channels, images.size] };
-    let (mut learner, num_params) = build_learner::<B>(config, &unet, device)?;
+    let (mut learner, num_params) = build_learner_with::<B>(config, recipe, unet, device);
     let t = &config.train;
-    tracing::info!(
-        "{}: {} images of {}x{}x{}, {num_params} parameters ({:.2}M), batch {}, {} steps",
-        run.root.display(),
-        images.len(),
-        images.channels,
-        images.size,
-        images.size,
-        num_params as f64 / 1e6,
-        t.batch_size,
-        t.steps
-    );
+    if writes {
+        tracing::info!(
+            "{}: {} images of {}x{}x{}, {num_params} parameters ({:.2}M), batch {}, {} steps",
+            run.root.display(),
+            images.len(),
+            images.channels,
+            images.size,
+            images.size,
+            num_params as f64 / 1e6,
+            t.batch_size,
+            t.steps
+        );
+    }
 
-    match (&options.init_from, &resume_from) {
+    match (&options.init_from, resume_from) {
         (Some(weights), None) => {
             let model = learner.model();
-            let net = export::load_weights(model.net, &unet, weights)?;
-            let ema = export::load_weights(model.ema, &unet, weights)?;
+            let net = export::load_weights(model.net, unet, weights)?;
+            let ema = export::load_weights(model.ema, unet, weights)?;
             learner.load_model(Trainer { net, ema, recipe: model.recipe }.into_record());
-            tracing::info!("the network and its EMA start from {}", weights.display());
+            if writes {
+                tracing::info!("the network and its EMA start from {}", weights.display());
+            }
         }
-        (Some(weights), Some(ckpt)) => {
+        (Some(weights), Some(ckpt)) if writes => {
             tracing::info!("{} is not read: the run continues from its checkpoint {}, and --init-from applies only to a run's start", weights.display(), ckpt.dir.display());
         }
-        (None, _) => {}
+        _ => {}
     }
-    let (start_step, wall_time_offset, journal_window, skipped) = match &resume_from {
+    let (start_step, wall_time_offset, journal_window, skipped) = match resume_from {
         Some(ckpt) => {
             let model = ckpt.load_for::<_, B>(MODEL, &learner.model(), device)?;
             learner.load_model(model);
             learner.load_optim(ckpt.load_state_for::<_, _, B>(OPTIMIZER, &learner.model(), device)?);
             learner.load_scheduler(ckpt.load::<_, B>(SCHEDULER, device)?);
-            if ckpt.state.seed != config.run.seed {
+            if ckpt.state.seed != config.run.seed && writes {
                 tracing::warn!("the checkpoint was trained with seed {} and the config says {}; the run continues with {}", ckpt.state.seed, config.run.seed, config.run.seed);
             }
             (ckpt.state.step, ckpt.state.wall_time_s, ckpt.state.journal_window, ckpt.state.skipped)
         }
         None => (0, 0.0, Default::default(), Default::default()),
     };
+    // Every peer of every node starts here, with the same weights, or none does.
+    peer.join::<B, _>(&config.distributed, &learner.model(), start_step)?;
     let journal = run.metrics();
-    journal::truncate(&journal, start_step).map_err(|source| TrainError::Io { path: journal.clone(), source })?;
+    if writes {
+        journal::truncate(&journal, start_step).map_err(|source| TrainError::Io { path: journal.clone(), source })?;
+    }
     let total_steps = t.steps as u64;
-    let mut report = TrainReport { run_dir: run.root.clone(), num_params, start_step, last_step: start_step, last_checkpoint: resume_from.map(|c| c.dir), last_samples: None };
+    let mut report = TrainReport { run_dir: run.root.clone(), num_params, start_step, last_step: start_step, last_checkpoint: resume_from.as_ref().map(|c| c.dir.clone()), last_samples: None };
     // A run stopped between a checkpoint and its FID (or resumed once complete without its
     // last FID) evaluates that checkpoint first, so no FID step goes missing.
-    let catch_up = start_step > 0
+    let catch_up = writes
+        && start_step > 0
         && config.eval.fid_due(start_step, total_steps)
         && !journal::fid_lines(&journal).unwrap_or_default().iter().any(|l| l.step == start_step && l.metric == config.eval.metric);
-    let fid = if config.eval.fid_on() && (start_step < total_steps || catch_up) {
+    let fid = if writes && config.eval.fid_on() && (start_step < total_steps || catch_up) {
         let cache = config.eval.fid_cache.clone().unwrap_or_else(|| run.root.clone());
-        Some(FidPlan::prepare(config, &images, journal.clone(), run.fid_curve(), &cache, device)?)
+        Some(FidPlan::prepare(config, images, journal.clone(), run.fid_curve(), &cache, device)?)
     } else {
         None
     };
     if let (true, Some(fid)) = (catch_up, &fid) {
-        fid.evaluate(&learner.model().ema.valid(), &generator, start_step, device)?;
+        with_backend_draws(|| fid.evaluate(&learner.model().ema.valid(), &generator, start_step, device))?;
     }
     if start_step >= total_steps {
-        tracing::info!("the run is already complete at step {start_step} (train.steps = {total_steps})");
+        if writes {
+            tracing::info!("the run is already complete at step {start_step} (train.steps = {total_steps})");
+        }
+        peer.leave::<B::InnerBackend>();
         return Ok(report);
     }
 
-    let images = Arc::new(images);
     let order = DataOrder::new(images.len(), t.batch_size, config.run.seed, config.data.hflip);
     let lookahead = config.assignment.overlap && config.assignment.solves_on_host();
     let train_loader = Arc::new(StepLoader::<B>::new(images.clone(), order.clone(), t.batch_size, start_step..total_steps, device.clone()).with_lookahead(lookahead));
     let valid_loader = Arc::new(StepLoader::<B::InnerBackend>::new(images.clone(), order.clone(), t.batch_size, 0..0, device.clone()));
-    let monitor = TrainingMonitor::new(MonitorConfig {
-        journal: journal.clone(),
-        loss_curve: run.loss_curve(),
-        batch_size: t.batch_size,
-        start_step,
-        total_steps,
-        log_every: t.log_every as u64,
-        wall_time_offset,
-        window: journal_window,
-    })
-    .map_err(|source| TrainError::Io { path: journal, source })?;
     let (outcome, finished) = std::sync::mpsc::sync_channel(1);
     let strategy = StepStrategy::<B> {
         device: device.clone(),
+        peer: peer.clone(),
         plan: StepPlan {
             start_step,
             total_steps,
@@ -251,9 +329,9 @@ where
             seed: config.run.seed,
             order,
             wall_time_offset,
-            checkpoint_files: vec![(CONFIG_FILE.into(), config_toml.clone()), (UNET_FILE.into(), unet_json)],
+            checkpoint_files: vec![(CONFIG_FILE.into(), config_toml.clone()), (UNET_FILE.into(), unet_json.clone())],
             unet: unet.clone(),
-            config_toml,
+            config_toml: config_toml.clone(),
             on_nonfinite: t.on_nonfinite,
             max_skipped_steps: t.max_skipped_steps.unwrap_or(DEFAULT_MAX_SKIPPED_STEPS),
             log_every: t.log_every as u64,
@@ -265,17 +343,32 @@ where
         store,
         outcome,
     };
-    SupervisedTraining::new(&run.root, train_loader, valid_loader)
+    let training = SupervisedTraining::new(&run.root, train_loader, valid_loader)
         .metric_train_numeric(LossMetric::new())
         .metric_train_numeric(LearningRateMetric::new())
         .metric_train_numeric(ScalarMetric::<AssignDistance>::new())
         .metric_train_numeric(ScalarMetric::<AssignMilliseconds>::new())
         .metric_train_numeric(ScalarMetric::<SkippedSteps>::new())
-        .renderer(monitor)
         .with_metric_logger(QuietLogger)
         .with_application_logger(None)
-        .with_training_strategy(TrainingStrategy::Custom(Arc::new(strategy)))
-        .launch(learner);
+        .with_training_strategy(TrainingStrategy::Custom(Arc::new(strategy)));
+    let training = if writes {
+        let monitor = TrainingMonitor::new(MonitorConfig {
+            journal: journal.clone(),
+            loss_curve: run.loss_curve(),
+            batch_size: t.batch_size,
+            start_step,
+            total_steps,
+            log_every: t.log_every as u64,
+            wall_time_offset,
+            window: journal_window,
+        })
+        .map_err(|source| TrainError::Io { path: journal, source })?;
+        training.renderer(monitor)
+    } else {
+        training.renderer(SilentMonitor)
+    };
+    training.launch(learner);
 
     // `launch` returns once `fit` has, and `fit` always sends.
     let finished = finished.try_recv().expect("the strategy reports how training ended")?;
@@ -312,7 +405,16 @@ where
     B: AutodiffBackend + AssignBackend,
     B::InnerBackend: AssignBackend,
 {
-    let model = Recipe::from_config(config)?.init::<B>(unet, device);
+    Ok(build_learner_with::<B>(config, Recipe::from_config(config)?, unet, device))
+}
+
+/// [`build_learner`] with a given recipe.
+fn build_learner_with<B>(config: &Config, recipe: Recipe, unet: &UNetConfig, device: &B::Device) -> (RunLearner<B>, usize)
+where
+    B: AutodiffBackend + AssignBackend,
+    B::InnerBackend: AssignBackend,
+{
+    let model = recipe.init::<B>(unet, device);
     let num_params = model.net.num_params();
     let t = &config.train;
     let optimizer = AdamWConfig::new()
@@ -321,7 +423,7 @@ where
         .with_epsilon(t.adam_eps as f32)
         .with_weight_decay(t.weight_decay as f32)
         .init::<B, Trainer<B>>();
-    Ok((Learner::new(model, optimizer, WarmupLr::new(t.lr, t.warmup_steps)), num_params))
+    (Learner::new(model, optimizer, WarmupLr::new(t.lr, t.warmup_steps)), num_params)
 }
 
 /// Creates the run directory's folders and finds the checkpoint to resume from.

@@ -25,16 +25,17 @@ use burn::prelude::*;
 use burn::tensor::Transaction;
 
 use crate::checkpoint::{CheckpointStore, JournalWindow, SkipCount, TrainState};
-use crate::monitor::journal_line_due;
+use crate::monitor::{journal_line_due, Running};
 use crate::config::OnNonFinite;
 use crate::export::{self, SNAPSHOT_FILE};
 use crate::optim::grad_norm_squared;
 use crate::trainer::DiffusionOutput;
 use crate::data::DataOrder;
+use crate::distributed::Peer;
 use crate::fid::FidPlan;
 use crate::optim::WarmupLr;
 use crate::seeds::{self, Stream};
-use crate::trainer::Trainer;
+use crate::trainer::{with_backend_draws, Trainer};
 use crate::TrainError;
 
 /// The learning components of every Emulsion run.
@@ -88,11 +89,14 @@ pub struct Finished {
 
 pub struct StepStrategy<B: AutodiffBackend> {
     pub device: B::Device,
+    /// This replica's part in data-parallel training; only the writer checkpoints and samples.
+    pub peer: Peer,
     pub plan: StepPlan,
     pub samples: SamplePlan,
     /// FID at the steps `eval.fid_every` and `eval.fid_at` ask for, and at the end.
     pub fid: Option<FidPlan<B::InnerBackend>>,
-    pub store: CheckpointStore,
+    /// The run's checkpoints; `None` on the peers that do not write the run directory.
+    pub store: Option<CheckpointStore>,
     /// Burn's `fit` returns only the model: how the session ended is sent here, once.
     pub outcome: SyncSender<Result<Finished, TrainError>>,
 }
@@ -134,14 +138,15 @@ where
             .map(|(name, text)| (name.as_str(), text.as_bytes()))
             .chain([(SNAPSHOT_FILE, snapshot.as_slice())])
             .collect();
-        Ok(self.store.save(learner, &state, &files, store_client)?)
+        let store = self.store.as_ref().expect("only the writing peer checkpoints");
+        Ok(store.save(learner, &state, &files, store_client)?)
     }
 
     fn sample(&self, model: &Trainer<B>, step: u64) -> Result<PathBuf, TrainError> {
         let ema = model.ema.valid();
         let s = &self.samples;
         let noise_seed = seeds::derive(s.options.seed, Stream::Sample, 0);
-        let images = s.generator.generate(&ema, &s.options, 0..s.options.n, noise_seed, &self.device);
+        let images = with_backend_draws(|| s.generator.generate(&ema, &s.options, 0..s.options.n, noise_seed, &self.device));
         let path = s.dir.join(format!("step-{step:08}.png"));
         save_grid(images, grid_columns(s.options.n, ema.num_classes()), &path)
             .map_err(|source| TrainError::Io { path: path.clone(), source })?;
@@ -149,7 +154,7 @@ where
     }
 
     fn evaluate_fid(&self, fid: &FidPlan<B::InnerBackend>, model: &Trainer<B>, step: u64) -> Result<f64, TrainError> {
-        fid.evaluate(&model.ema.valid(), &self.samples.generator, step, &self.device)
+        with_backend_draws(|| fid.evaluate(&model.ema.valid(), &self.samples.generator, step, &self.device))
     }
 }
 
@@ -202,10 +207,24 @@ where
         let mut guard = NonFiniteGuard::new(plan.on_nonfinite, plan.max_skipped_steps, plan.skipped);
         let mut window = plan.journal_window;
         let mut finished = Finished { last_step: plan.start_step, ..Finished::default() };
+        // Seconds per step in the all-reduce, waiting for the slowest peer included.
+        let mut all_reduce = Running::default();
         while let Some(batch) = batches.next() {
             let step = batch.step + 1;
             learner.lr_step();
             let mut output = learner.train_step(batch);
+            if self.peer.count > 1 {
+                // The batch's gradients, loss and mean distance: sums of every peer's share.
+                let item = &mut output.item;
+                let extra = Tensor::cat(vec![item.loss.clone().inner(), item.assign_distance.clone().inner() / self.peer.count as f64], 0);
+                let grads = std::mem::take(&mut output.grads);
+                let reducing = Instant::now();
+                let (grads, summed) = self.peer.sum_gradients::<B, _>(&learner.model(), grads, extra, step)?;
+                all_reduce.add(reducing.elapsed().as_secs_f64());
+                output.grads = grads;
+                item.loss = Tensor::from_inner(summed.clone().narrow(0, 0, 1));
+                item.assign_distance = Tensor::from_inner(summed.narrow(0, 1, 1));
+            }
             // One read-back per step: a non-finite loss or gradient must stop (or skip) this
             // step's update before it reaches the weights.
             let values = StepValues::read::<B>(&learner.model(), &output);
@@ -226,6 +245,13 @@ where
             }
 
             let last = step == plan.total_steps;
+            if !self.peer.writes() {
+                finished.last_step = step;
+                if interrupter.should_stop() {
+                    break;
+                }
+                continue;
+            }
             if step % plan.checkpoint_every == 0 || last {
                 finished.last_checkpoint = Some(self.checkpoint(learner, step, started, &window, &guard.skipped, event_store)?);
             }
@@ -240,6 +266,12 @@ where
                 break;
             }
         }
+        if self.peer.writes() && all_reduce.count > 0 {
+            tracing::info!("all-reduce of {} peers: {:.2} ms per step on average, waiting for the slowest included", self.peer.count, all_reduce.sum / all_reduce.count as f64 * 1e3);
+        }
+        // Every peer took the same updates: their weights are the same bits.
+        self.peer.agree::<B, _>(&learner.model(), finished.last_step, "end")?;
+        self.peer.leave::<B::InnerBackend>();
         Ok(finished)
     }
 }

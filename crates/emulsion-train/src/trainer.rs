@@ -1,6 +1,7 @@
 //! The module Burn's `Learner` trains: the network, its EMA copy (kept in the module so it is
 //! checkpointed with it), and the recipe of one training step.
 
+use std::ops::Range;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::Instant;
@@ -15,9 +16,10 @@ use burn::train::{InferenceStep, TrainOutput, TrainStep};
 use burn::backend::Flex;
 use emulsion_models::{UNet, UNetConfig};
 
-use emulsion_assign::{assign, assign_by_columns, host_costs, lapjv, AssignBackend, AssignConfig};
+use emulsion_assign::{assign, assign_by_columns, host_costs, lapjv, AssignBackend, AssignConfig, Scope};
 
 use crate::data::DiffusionBatch;
+use crate::distributed::Peer;
 use crate::objective::{Objective, ObjectiveInput};
 use crate::optim::{clip_grad_global_norm, update_ema};
 use crate::metrics::{AssignDistance, AssignMilliseconds, SkippedSteps};
@@ -44,6 +46,8 @@ pub struct Recipe {
     pub assignment: AssignConfig,
     /// The next step's assignment, being solved on a host thread (`assignment.overlap`).
     pub ahead: AssignAhead,
+    /// This replica's part in data-parallel training: the rows of each batch it trains.
+    pub peer: Peer,
 }
 
 /// The assignment of step `k + 1`, solved by LAPJV on a host thread while step `k` runs
@@ -82,11 +86,13 @@ impl Recipe {
     /// Builds the network and its EMA copy, identical weights drawn from the run seed.
     pub fn init<B: Backend>(self, unet: &UNetConfig, device: &B::Device) -> Trainer<B> {
         let init = |device: &B::Device| {
-            B::seed(device, seeds::derive(self.seed, Stream::Init, 0));
-            let net = unet.init::<B>(device);
-            // Burn initialises lazily; draw every parameter now, in a fixed order.
-            materialize(&net);
-            net
+            with_backend_draws(|| {
+                B::seed(device, seeds::derive(self.seed, Stream::Init, 0));
+                let net = unet.init::<B>(device);
+                // Burn initialises lazily; draw every parameter now, in a fixed order.
+                materialize(&net);
+                net
+            })
         };
         // Two initialisations from one seed: the same values under distinct parameter ids, so
         // the optimiser never mistakes an EMA parameter for a weight.
@@ -140,31 +146,47 @@ impl<B: AssignBackend> Trainer<B> {
     /// images as the recipe says, before any split into micro-batches. Given the next step's
     /// images (and `assignment.overlap` with `lsa`), it also starts solving the next step's
     /// assignment on a host thread; the step that finds its own solved waits only for the rest.
+    ///
+    /// The noise is drawn for the whole (global) batch; what is assigned, and returned, are the
+    /// rows [`Self::assigned_rows`] names: all of them, or this peer's shard.
     pub fn batch_noise(&self, images: &Tensor<B, 4>, step: u64, next_images: Option<&Tensor<B, 4>>) -> BatchNoise<B> {
-        let shape = images.dims();
-        let flat = |t: Tensor<B, 4>| t.reshape([shape[0] as i32, -1]);
-        let noise = self.step_noise(images, step);
+        let rows = self.assigned_rows(images.dims()[0]);
+        let part = |t: Tensor<B, 4>| t.narrow(0, rows.start, rows.len());
+        let flat = |t: Tensor<B, 4>| t.reshape([rows.len() as i32, -1]);
+        let noise = part(self.step_noise(images, step));
+        let shape = noise.dims();
         let started = Instant::now();
         let assignment = &self.recipe.assignment;
         let assigned = match self.recipe.ahead.take(step) {
-            Some(columns) => assign_by_columns(flat(images.clone()), flat(noise), &columns, started),
-            None => assign(flat(images.clone()), flat(noise), assignment),
+            Some(columns) => assign_by_columns(flat(part(images.clone())), flat(noise), &columns, started),
+            None => assign(flat(part(images.clone())), flat(noise), assignment),
         };
         if let Some(next) = next_images.filter(|_| assignment.overlap && assignment.solves_on_host()) {
-            let next_flat = |t: Tensor<B, 4>| t.reshape([next.dims()[0] as i32, -1]);
-            if let Some(costs) = host_costs(&next_flat(next.clone()), &next_flat(self.step_noise(next, step + 1)), assignment) {
+            let next_noise = flat(part(self.step_noise(next, step + 1)));
+            if let Some(costs) = host_costs(&flat(part(next.clone())), &next_noise, assignment) {
                 self.recipe.ahead.start(step + 1, move || lapjv(&costs));
             }
         }
-        BatchNoise { noise: assigned.noise.reshape(shape), mean_distance: assigned.mean_distance, seconds: started.elapsed().as_secs_f64() }
+        BatchNoise { rows, noise: assigned.noise.reshape(shape), mean_distance: assigned.mean_distance, seconds: started.elapsed().as_secs_f64() }
     }
 
-    /// Step `step`'s noise for `images`, from its own stream.
+    /// The rows of a batch of `n` that one assignment pairs: the whole batch (`assignment.scope
+    /// = "global"`, the same problem on every peer) or this peer's shard (`"peer"`).
+    fn assigned_rows(&self, n: usize) -> Range<usize> {
+        match self.recipe.assignment.scope {
+            Scope::Global => 0..n,
+            Scope::Peer => self.recipe.peer.shard(n),
+        }
+    }
+
+    /// Step `step`'s noise for `images` (the whole batch), from its own stream.
     fn step_noise(&self, images: &Tensor<B, 4>, step: u64) -> Tensor<B, 4> {
         let device = images.device();
         let step_seed = seeds::derive(self.recipe.seed, Stream::Step, step);
-        B::seed(&device, seeds::derive(step_seed, Stream::Noise, 0));
-        Tensor::<B, 4>::random(images.dims(), Distribution::Normal(0.0, 1.0), &device)
+        with_backend_draws(|| {
+            B::seed(&device, seeds::derive(step_seed, Stream::Noise, 0));
+            Tensor::<B, 4>::random(images.dims(), Distribution::Normal(0.0, 1.0), &device)
+        })
     }
 
     /// The mean loss of micro-batch `chunk` of step `step`, given its noise. Chunk 0 draws from
@@ -202,7 +224,9 @@ impl<B: AssignBackend> Trainer<B> {
 
 /// A batch's noise after assignment.
 pub struct BatchNoise<B: Backend> {
-    /// `[N, C, H, W]`, row `i` paired with image `i`.
+    /// The rows of the batch it is for.
+    pub rows: Range<usize>,
+    /// `[rows, C, H, W]`, row `i` paired with image `rows.start + i`.
     pub noise: Tensor<B, 4>,
     /// Mean L2 distance between each image and its noise, `[1]`, on the device.
     pub mean_distance: Tensor<B, 1>,
@@ -275,19 +299,22 @@ impl<B: AutodiffBackend + AssignBackend> TrainStep for Trainer<B> {
         let DiffusionBatch { images, labels, step, next_images } = batch;
         let n = images.dims()[0];
         let noise = self.batch_noise(&images, step, next_images.as_ref());
+        // This peer's rows (all of them in a single process), in micro-batches numbered as in
+        // a single process, so each image gets the draws it would get there.
+        let shard = self.recipe.peer.shard(n);
         let size = match self.recipe.micro_batch {
-            0 => n,
-            m => m.min(n),
+            0 => shard.len(),
+            m => m.min(shard.len()),
         };
-        let parts: Vec<MicroBatch<B>> = (0..n)
+        let parts: Vec<MicroBatch<B>> = shard
+            .clone()
             .step_by(size)
-            .enumerate()
-            .map(|(chunk, start)| {
-                let len = size.min(n - start);
+            .map(|start| {
+                let len = size.min(shard.end - start);
                 MicroBatch {
-                    chunk: chunk as u64,
+                    chunk: (start / size) as u64,
                     images: images.clone().narrow(0, start, len),
-                    noise: noise.noise.clone().narrow(0, start, len),
+                    noise: noise.noise.clone().narrow(0, start - noise.rows.start, len),
                     labels: labels.as_ref().map(|l| l.clone().narrow(0, start, len)),
                     // Weighted by its share of the batch, so the sum is the batch mean.
                     share: (len < n).then(|| len as f64 / n as f64),
@@ -345,8 +372,16 @@ struct MicroBatch<B: Backend> {
 
 /// Held while a micro-batch seeds and draws from the backend's generator (to the end of its
 /// forward pass if the network draws dropout masks): Burn's CPU backends keep one generator per
-/// process, so micro-batches computed at once take turns to draw from it.
+/// process, so micro-batches, and data-parallel peers, computed at once take turns to draw from
+/// it.
 static BACKEND_DRAWS: Mutex<()> = Mutex::new(());
+
+/// Runs `draw` holding [`BACKEND_DRAWS`]: what draws from the backend's generator beside the
+/// training steps of other peers (peer 0's sample grids and FID images).
+pub(crate) fn with_backend_draws<T>(draw: impl FnOnce() -> T) -> T {
+    let _turn = BACKEND_DRAWS.lock().unwrap_or_else(PoisonError::into_inner);
+    draw()
+}
 
 /// How many threads compute micro-batches: `configured`, or for 0 two on Burn's CPU backends
 /// (whose operations mostly keep one core busy; each thread holds a micro-batch's activations,
@@ -449,6 +484,7 @@ mod tests {
             micro_batch_threads: 1,
             assignment: AssignConfig::default(),
             ahead: AssignAhead::default(),
+            peer: Peer::alone(),
         }
     }
 

@@ -878,3 +878,123 @@ fn fd_net_trains_and_a_sweep_runs_two_fd_fmnist_runs_at_once_on_one_device() {
     assert_eq!(zero.status.code(), Some(2), "a usage error");
     assert!(stderr(&zero).contains("jobs-per-device"), "{}", stderr(&zero));
 }
+
+/// The float tensors of a `.safetensors` file (`emulsion export`), by name.
+fn safetensors_f32(path: &Path) -> std::collections::BTreeMap<String, Vec<f32>> {
+    let bytes = std::fs::read(path).unwrap();
+    let header_len = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + header_len]).unwrap();
+    let data = &bytes[8 + header_len..];
+    header
+        .as_object()
+        .unwrap()
+        .iter()
+        .filter(|(_, info)| info["dtype"] == "F32")
+        .map(|(name, info)| {
+            let [start, end] = [0, 1].map(|i| info["data_offsets"][i].as_u64().unwrap() as usize);
+            (name.clone(), data[start..end].chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect())
+        })
+        .collect()
+}
+
+/// Data-parallel training equals one process training the same global batch: with two peers
+/// and assignment `none` or `lsa` over the global batch, the same bits (two micro-batches summed
+/// in either order are the same floats); with four peers, whose all-reduce adds the four
+/// micro-batches in another order, within 1e-5 relative. Each run also checks at its end that
+/// every peer holds the same weights.
+#[test]
+fn data_parallel_peers_train_what_one_process_trains() {
+    let out = tempdir("peers");
+    let train = |name: &str, devices: Option<&str>, extra: &[&str]| {
+        let mut sets = tiny(&out, name);
+        sets.extend(["train.steps=20".to_string(), "train.checkpoint_every=20".into(), "train.sample_every=0".into()]);
+        sets.extend(extra.iter().map(|s| s.to_string()));
+        let mut args = with_sets(&["train", "configs/quickstart.toml"], &sets);
+        match devices {
+            Some(devices) => args.extend(["--devices", devices]),
+            None => args.extend(["--device", "cpu"]),
+        }
+        let output = ok(emulsion(&args));
+        if devices.is_some() {
+            assert!(stderr(&output).contains("data-parallel"), "{}", stderr(&output));
+        }
+        out.join(name).join("checkpoints/step-00000020")
+    };
+    let model = |checkpoint: PathBuf| std::fs::read(checkpoint.join("model.mpk")).unwrap();
+    for (method, peer_micro) in [("none", "train.micro_batch=4"), ("lsa", "train.micro_batch=0")] {
+        let assignment = format!("assignment.method={method}");
+        let one = model(train(&format!("one-{method}"), None, &["train.micro_batch=4", &assignment]));
+        // micro_batch = 0: each peer's shard (4 images) is its micro-batch.
+        let two = model(train(&format!("two-{method}"), Some("cpu:0,cpu:1"), &[peer_micro, &assignment]));
+        assert!(one == two, "assignment {method}: two peers' weights differ from one process's");
+    }
+    let export = |checkpoint: PathBuf, name: &str| {
+        let file = out.join(format!("{name}.safetensors"));
+        ok(emulsion(&["export", checkpoint.to_str().unwrap(), "--out", file.to_str().unwrap(), "--raw"]));
+        safetensors_f32(&file)
+    };
+    let one = export(train("one-4", None, &["train.micro_batch=2"]), "one-4");
+    let four = export(train("four", Some("cpu:0,cpu:1,cpu:2,cpu:3"), &["train.micro_batch=2"]), "four");
+    assert_eq!(one.keys().collect::<Vec<_>>(), four.keys().collect::<Vec<_>>());
+    let (mut diff, mut norm) = (0f64, 0f64);
+    for (name, a) in &one {
+        for (x, y) in a.iter().zip(&four[name]) {
+            diff += (*x as f64 - *y as f64).powi(2);
+            norm += (*x as f64).powi(2);
+        }
+    }
+    let relative = (diff / norm).sqrt();
+    assert!(relative <= 1e-5, "four peers: ‖Δw‖/‖w‖ = {relative:e}");
+}
+
+/// Killing a data-parallel run (all its peers: they are threads of one process) and resuming it
+/// trains the same weights as the run never stopped; per-peer assignment also trains.
+#[test]
+fn a_killed_data_parallel_run_resumes_to_the_uninterrupted_weights() {
+    let out = tempdir("peers-resume");
+    let run = |name: &str| {
+        let mut sets = tiny(&out, name);
+        sets.extend([
+            "train.steps=30".to_string(),
+            "train.checkpoint_every=3".into(),
+            "train.sample_every=0".into(),
+            "assignment.method=lsa".into(),
+            "assignment.scope=peer".into(),
+        ]);
+        sets
+    };
+    let whole = run("whole");
+    ok(emulsion(&with_sets(&["train", "configs/quickstart.toml", "--devices", "cpu:0,cpu:1"], &whole)));
+    let killed = run("killed");
+    let args = with_sets(&["train", "configs/quickstart.toml", "--devices", "cpu:0,cpu:1"], &killed);
+    let checkpoints = out.join("killed/checkpoints");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_emulsion")).args(&args).current_dir(repo()).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while newest_step(&checkpoints).is_none() && Instant::now() < deadline && child.try_wait().unwrap().is_none() {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    let stopped_at = newest_step(&checkpoints);
+    let mut args = args.clone();
+    args.push("--resume");
+    ok(emulsion(&args));
+    let last = |name: &str| std::fs::read(out.join(name).join("checkpoints/step-00000030/model.mpk")).unwrap();
+    assert!(last("whole") == last("killed"), "resumed from step {stopped_at:?}: the weights differ from the uninterrupted run's");
+}
+
+#[test]
+fn bad_device_lists_are_clear_errors() {
+    let out = tempdir("peers-bad");
+    let sets = tiny(&out, "bad");
+    let run = |devices: &str, extra: &[&str]| {
+        let mut args = with_sets(&["train", "configs/quickstart.toml", "--devices", devices], &sets);
+        args.extend(extra);
+        emulsion(&args)
+    };
+    fails_with(run("cpu:0,cpu:0", &[]), &["distributed.devices", "listed twice"]);
+    fails_with(run("cpu:0,cpu:1,cpu:2", &[]), &["train.batch_size", "does not split evenly over 3 peers"]);
+    fails_with(run("cpu:0,cpu:1", &["--set", "train.micro_batch=3"]), &["train.micro_batch", "each of the 2 peers trains 4 images"]);
+    fails_with(run("cpu:0,wgpu:1", &[]), &["--devices", "of one kind"]);
+    usage_error(run("cpu:x", &[]), &["device index"]);
+}

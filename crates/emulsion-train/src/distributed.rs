@@ -1,0 +1,419 @@
+//! Data-parallel training on Burn's collective engine (`burn::collective`): one peer (a thread
+//! and a model replica) per device of this process. Every peer loads the same global batch,
+//! trains its contiguous shard of it, and the peers' gradients are summed by one all-reduce per
+//! step, so every peer takes the same update. Peer 0 writes the run directory.
+//!
+//! Several nodes (Burn's global orchestrator) are not offered: burn-collective 0.21.0 completes
+//! only the first all-reduce between nodes (README, "Several GPUs").
+
+use std::collections::BTreeMap;
+use std::ops::Range;
+use std::sync::mpsc::RecvTimeoutError;
+use std::sync::{Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use burn::collective::{self, AllReduceStrategy, CollectiveConfig, PeerId, ReduceOperation};
+use burn::module::{Module, ModuleVisitor, Param};
+use burn::optim::GradientsParams;
+use burn::prelude::*;
+use burn::tensor::backend::{AutodiffBackend, DeviceId};
+use burn::tensor::TensorPrimitive;
+use emulsion_config::Invalid;
+use serde::{Deserialize, Serialize};
+
+/// The `[distributed]` section: the devices this process trains on.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DistributedConfig {
+    /// Device indices (of `run.device`'s backend), one peer each; empty: device 0 alone.
+    pub devices: Vec<u16>,
+    /// Seconds a peer waits for the others at an all-reduce before it stops with an error
+    /// naming them (the first step's wait includes the slowest peer's kernel compilation).
+    pub timeout_s: f64,
+}
+
+impl Default for DistributedConfig {
+    fn default() -> Self {
+        Self { devices: Vec::new(), timeout_s: 600.0 }
+    }
+}
+
+impl DistributedConfig {
+    /// The device indices of the peers.
+    pub fn device_indices(&self) -> Vec<u16> {
+        if self.devices.is_empty() { vec![0] } else { self.devices.clone() }
+    }
+
+    /// Peers in the run.
+    pub fn peer_count(&self) -> usize {
+        self.device_indices().len()
+    }
+
+    /// Whether this is a single-device run (no collective at all).
+    pub fn is_single(&self) -> bool {
+        self.peer_count() == 1
+    }
+
+    /// Checks the keys; errors name the key within the section.
+    pub fn validate(&self) -> Result<(), Invalid> {
+        let mut seen = std::collections::BTreeSet::new();
+        if let Some(twice) = self.devices.iter().find(|d| !seen.insert(**d)) {
+            return Err(Invalid::new("devices", format!("device {twice} is listed twice (one peer per device)")));
+        }
+        if !(self.timeout_s.is_finite() && self.timeout_s > 0.0) {
+            return Err(Invalid::new("timeout_s", format!("must be a positive number of seconds, got {}", self.timeout_s)));
+        }
+        Ok(())
+    }
+
+    /// The peers, in rank order.
+    pub fn peers(&self) -> Vec<Peer> {
+        let indices = self.device_indices();
+        let timeout = Duration::from_secs_f64(self.timeout_s);
+        indices.iter().enumerate().map(|(rank, &device_index)| Peer { rank, count: indices.len(), device_index, timeout }).collect()
+    }
+
+    /// Burn's collective configuration.
+    fn collective(&self) -> CollectiveConfig {
+        CollectiveConfig::default().with_num_devices(self.peer_count()).with_local_all_reduce_strategy(AllReduceStrategy::Tree(2))
+    }
+}
+
+/// Why data-parallel training stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum PeerError {
+    #[error("peer {rank}: Burn's collective failed at {what}: {reason}")]
+    Collective { rank: usize, what: String, reason: String },
+    #[error("peer {rank} waited {seconds:.0} s at {what} for {missing}, which never came (distributed.timeout_s): it stalls; resume the run with --resume")]
+    Timeout { rank: usize, what: String, seconds: f64, missing: String },
+    #[error("peer {rank} stopped at {what} because peer {failed} failed: {reason}")]
+    PeerFailed { rank: usize, what: String, failed: usize, reason: String },
+    #[error("peer {rank} has {theirs} where peer 0 has {ours} ({what}): the peers train different models")]
+    Mismatch { rank: usize, what: String, ours: String, theirs: String },
+}
+
+/// One peer of data-parallel training.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Peer {
+    /// Its number (Burn's `PeerId`).
+    pub rank: usize,
+    /// Peers in the run.
+    pub count: usize,
+    /// Its device's index on the backend.
+    pub device_index: u16,
+    timeout: Duration,
+}
+
+/// Where each peer stands: collective calls entered, and the error of one that failed. Lets a
+/// waiting peer name the one it waits for, and stop at once when one has failed.
+static PEERS: Mutex<BTreeMap<usize, (u64, Option<String>)>> = Mutex::new(BTreeMap::new());
+
+impl Peer {
+    /// The peer of a single-device run.
+    pub fn alone() -> Self {
+        Self { rank: 0, count: 1, device_index: 0, timeout: Duration::MAX }
+    }
+
+    /// Whether it writes the run directory (checkpoints, journal, samples, FID).
+    pub fn writes(&self) -> bool {
+        self.rank == 0
+    }
+
+    /// Its device on backend `B`.
+    pub fn device<B: Backend>(&self) -> B::Device {
+        if self.device_index == 0 { Default::default() } else { B::Device::from_id(DeviceId::new(0, self.device_index)) }
+    }
+
+    /// Its contiguous rows of a global batch of `n` (`n` divides evenly: see `Config::validate`).
+    pub fn shard(&self, n: usize) -> Range<usize> {
+        let size = n / self.count;
+        self.rank * size..(self.rank + 1) * size
+    }
+
+    /// Joins the collective (every peer must); then checks that every peer starts at `step`
+    /// with the same weights.
+    pub fn join<B: AutodiffBackend, M: Module<B>>(&self, config: &DistributedConfig, module: &M, step: u64) -> Result<(), PeerError> {
+        if self.count == 1 {
+            return Ok(());
+        }
+        self.register::<B::InnerBackend>(config)?;
+        tracing::info!("peer {} of {} joined (device {})", self.rank, self.count, self.device_index);
+        self.agree::<B, M>(module, step, "start")
+    }
+
+    fn register<B: Backend>(&self, config: &DistributedConfig) -> Result<(), PeerError> {
+        let collective = config.collective();
+        PEERS.lock().unwrap_or_else(PoisonError::into_inner).insert(self.rank, (0, None));
+        let device = self.device::<B>();
+        let id = PeerId::from(self.rank as u32);
+        self.wait("registration with the other peers", move || collective::register::<B>(id, device, collective))
+    }
+
+    /// Checks that every peer is at `step` with the same weights (at the start, and after the
+    /// last step): the sums of their weights must be the same bits.
+    pub fn agree<B: AutodiffBackend, M: Module<B>>(&self, module: &M, step: u64, when: &str) -> Result<(), PeerError> {
+        if self.count == 1 {
+            return Ok(());
+        }
+        let device = self.device::<B::InnerBackend>();
+        let steps = self.gather::<B::InnerBackend>(step as f32, &format!("the {when} step"), &device)?;
+        let fingerprint = weight_fingerprint::<B, M>(module);
+        let fingerprints = self.gather::<B::InnerBackend>(fingerprint, &format!("the {when} weights"), &device)?;
+        if let Some((rank, theirs)) = steps.iter().enumerate().find(|(_, s)| **s != steps[0]) {
+            return Err(PeerError::Mismatch { rank, what: format!("the {when} step"), ours: format!("step {}", steps[0]), theirs: format!("step {theirs}") });
+        }
+        if let Some((rank, theirs)) = fingerprints.iter().enumerate().find(|(_, f)| f.to_bits() != fingerprints[0].to_bits()) {
+            return Err(PeerError::Mismatch { rank, what: format!("the sum of every weight, at the {when}"), ours: fingerprints[0].to_string(), theirs: theirs.to_string() });
+        }
+        Ok(())
+    }
+
+    /// Leaves the collective (after the last step).
+    pub fn leave<B: Backend>(&self) {
+        if self.count > 1 {
+            let _ = collective::finish_collective::<B>(PeerId::from(self.rank as u32));
+        }
+    }
+
+    /// Tells the waiting peers that this one failed, so they stop at once.
+    pub fn fail(&self, reason: &str) {
+        if self.count > 1 {
+            PEERS.lock().unwrap_or_else(PoisonError::into_inner).entry(self.rank).or_default().1 = Some(reason.to_string());
+        }
+    }
+
+    /// Sums `grads` (every gradient of `module`) and `extra` over the peers, in one all-reduce
+    /// of their concatenation.
+    pub fn sum_gradients<B: AutodiffBackend, M: Module<B>>(
+        &self,
+        module: &M,
+        grads: GradientsParams,
+        extra: Tensor<B::InnerBackend, 1>,
+        step: u64,
+    ) -> Result<(GradientsParams, Tensor<B::InnerBackend, 1>), PeerError> {
+        if self.count == 1 {
+            return Ok((grads, extra));
+        }
+        struct Flatten<'a, B: AutodiffBackend> {
+            grads: &'a GradientsParams,
+            parts: Vec<Tensor<B::InnerBackend, 1>>,
+        }
+        impl<B: AutodiffBackend> ModuleVisitor<B> for Flatten<'_, B> {
+            fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+                if let Some(g) = self.grads.get::<B::InnerBackend, D>(param.id) {
+                    self.parts.push(g.flatten(0, D - 1));
+                }
+            }
+        }
+        struct Unflatten<'a, B: AutodiffBackend> {
+            summed: Tensor<B::InnerBackend, 1>,
+            offset: usize,
+            grads: &'a mut GradientsParams,
+        }
+        impl<B: AutodiffBackend> ModuleVisitor<B> for Unflatten<'_, B> {
+            fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+                if let Some(g) = self.grads.remove::<B::InnerBackend, D>(param.id) {
+                    let shape = g.shape();
+                    let len = shape.num_elements();
+                    let part: Tensor<B::InnerBackend, D> = self.summed.clone().narrow(0, self.offset, len).reshape(shape);
+                    self.offset += len;
+                    self.grads.register(param.id, part);
+                }
+            }
+        }
+        let mut flatten = Flatten::<B> { grads: &grads, parts: Vec::new() };
+        module.visit(&mut flatten);
+        let extra_len = extra.dims()[0];
+        flatten.parts.push(extra);
+        let summed = self.sum(Tensor::cat(flatten.parts, 0), &format!("the gradients of step {step}"))?;
+        let total = summed.dims()[0];
+        let mut grads = grads;
+        let mut unflatten = Unflatten::<B> { summed: summed.clone(), offset: 0, grads: &mut grads };
+        module.visit(&mut unflatten);
+        Ok((grads, summed.narrow(0, total - extra_len, extra_len)))
+    }
+
+    /// `tensor` summed over every peer.
+    fn sum<B: Backend>(&self, tensor: Tensor<B, 1>, what: &str) -> Result<Tensor<B, 1>, PeerError> {
+        let id = PeerId::from(self.rank as u32);
+        let primitive = tensor.into_primitive().tensor();
+        let summed = self.wait(what, move || collective::all_reduce::<B>(id, primitive, ReduceOperation::Sum))?;
+        Ok(Tensor::from_primitive(TensorPrimitive::Float(summed)))
+    }
+
+    /// Every peer's `value`, in rank order (an all-reduce of one-hot rows: Burn's collective
+    /// has no gather).
+    fn gather<B: Backend>(&self, value: f32, what: &str, device: &B::Device) -> Result<Vec<f32>, PeerError> {
+        let mut row = vec![0f32; self.count];
+        row[self.rank] = value;
+        let summed = self.sum(Tensor::<B, 1>::from_floats(row.as_slice(), device), what)?;
+        Ok(summed.into_data().to_vec::<f32>().unwrap_or_default())
+    }
+
+    /// Runs the blocking collective call `call` on a thread of its own and waits for it at most
+    /// `distributed.timeout_s`, stopping at once if another peer has failed.
+    fn wait<T: Send + 'static>(&self, what: &str, call: impl FnOnce() -> Result<T, collective::CollectiveError> + Send + 'static) -> Result<T, PeerError> {
+        let entered = {
+            let mut peers = PEERS.lock().unwrap_or_else(PoisonError::into_inner);
+            let me = peers.entry(self.rank).or_default();
+            me.0 += 1;
+            me.0
+        };
+        let (sender, receiver) = std::sync::mpsc::channel();
+        std::thread::Builder::new()
+            .name(format!("collective-{}", self.rank))
+            .spawn(move || {
+                let _ = sender.send(call());
+            })
+            .map_err(|e| self.failed(what, e.to_string()))?;
+        let started = Instant::now();
+        loop {
+            match receiver.recv_timeout(Duration::from_millis(50)) {
+                Ok(result) => return result.map_err(|e| self.failed(what, format!("{e:?}"))),
+                Err(RecvTimeoutError::Disconnected) => return Err(self.failed(what, "the collective call ended without a result".into())),
+                Err(RecvTimeoutError::Timeout) => {}
+            }
+            let peers = PEERS.lock().unwrap_or_else(PoisonError::into_inner).clone();
+            if let Some((failed, (_, Some(reason)))) = peers.iter().find(|(rank, (_, error))| **rank != self.rank && error.is_some()) {
+                return Err(PeerError::PeerFailed { rank: self.rank, what: what.into(), failed: *failed, reason: reason.clone() });
+            }
+            if started.elapsed() >= self.timeout {
+                let behind: Vec<String> = peers.iter().filter(|(_, (calls, _))| *calls < entered).map(|(rank, _)| format!("peer {rank}")).collect();
+                let missing = if behind.is_empty() { "Burn's collective".to_string() } else { behind.join(", ") };
+                return Err(PeerError::Timeout { rank: self.rank, what: what.into(), seconds: self.timeout.as_secs_f64(), missing });
+            }
+        }
+    }
+
+    fn failed(&self, what: &str, reason: String) -> PeerError {
+        PeerError::Collective { rank: self.rank, what: what.into(), reason }
+    }
+}
+
+/// The sum of every float parameter of `module`, read back: equal on peers with equal weights.
+fn weight_fingerprint<B: AutodiffBackend, M: Module<B>>(module: &M) -> f32 {
+    struct Sum<B: AutodiffBackend>(Vec<Tensor<B::InnerBackend, 1>>);
+    impl<B: AutodiffBackend> ModuleVisitor<B> for Sum<B> {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+            self.0.push(param.val().inner().sum());
+        }
+    }
+    let mut sum = Sum::<B>(Vec::new());
+    module.visit(&mut sum);
+    if sum.0.is_empty() {
+        return 0.0;
+    }
+    Tensor::cat(sum.0, 0).sum().into_scalar().elem()
+}
+
+/// Forgets the peers of a finished (or failed) group, and resets Burn's collective server of
+/// backend `B`, so a later group in this process starts afresh.
+pub fn reset<B: Backend>() {
+    PEERS.lock().unwrap_or_else(PoisonError::into_inner).clear();
+    collective::reset_collective::<B>();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(toml: &str) -> DistributedConfig {
+        toml::from_str(toml).unwrap()
+    }
+
+    #[test]
+    fn peers_are_numbered_in_device_order_and_shards_tile_the_batch() {
+        let three = config("devices = [2, 0, 5]");
+        three.validate().unwrap();
+        let peers = three.peers();
+        assert_eq!(peers.iter().map(|p| (p.rank, p.count, p.device_index)).collect::<Vec<_>>(), vec![(0, 3, 2), (1, 3, 0), (2, 3, 5)]);
+        let shards: Vec<Range<usize>> = peers.iter().map(|p| p.shard(24)).collect();
+        assert_eq!(shards, vec![0..8, 8..16, 16..24]);
+        assert!(peers[0].writes() && !peers[1].writes());
+        assert!(DistributedConfig::default().is_single());
+        assert_eq!(Peer::alone().shard(7), 0..7);
+    }
+
+    type Cpu = burn::backend::Flex;
+
+    /// Two peers on the CPU, each on a thread running `work` after joining; the results in
+    /// rank order. One group at a time: Burn's collective server is one per backend.
+    fn two_peers<T: Send>(timeout_s: f64, work: impl Fn(&Peer) -> T + Sync) -> Vec<T> {
+        static ONE_GROUP: Mutex<()> = Mutex::new(());
+        let _group = ONE_GROUP.lock().unwrap_or_else(PoisonError::into_inner);
+        let config = DistributedConfig { devices: vec![0, 1], timeout_s };
+        let results = std::thread::scope(|scope| {
+            let handles: Vec<_> = config
+                .peers()
+                .into_iter()
+                .map(|peer| {
+                    let (config, work) = (&config, &work);
+                    scope.spawn(move || {
+                        peer.register::<Cpu>(config).unwrap();
+                        work(&peer)
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        reset::<Cpu>();
+        results
+    }
+
+    #[test]
+    fn a_sum_over_peers_is_every_peers_tensor_added() {
+        let sums = two_peers(60.0, |peer| {
+            let device = Default::default();
+            let own = Tensor::<Cpu, 1>::from_floats([1.0 + peer.rank as f32, 10.0], &device);
+            let summed = peer.sum(own, "a test sum").unwrap().into_data().to_vec::<f32>().unwrap();
+            let gathered = peer.gather::<Cpu>(peer.rank as f32 * 3.0, "a test gather", &device).unwrap();
+            (summed, gathered)
+        });
+        for (summed, gathered) in sums {
+            assert_eq!(summed, vec![3.0, 20.0]);
+            assert_eq!(gathered, vec![0.0, 3.0]);
+        }
+    }
+
+    #[test]
+    fn a_peer_that_stalls_is_named_once_the_timeout_passes() {
+        let results = two_peers(1.0, |peer| {
+            if peer.rank == 1 {
+                // Stalls: never joins the all-reduce (until peer 0 has given up).
+                std::thread::sleep(Duration::from_secs(3));
+                return None;
+            }
+            let started = Instant::now();
+            let e = peer.sum(Tensor::<Cpu, 1>::from_floats([1.0], &Default::default()), "the gradients of step 7").unwrap_err();
+            Some((e.to_string(), started.elapsed()))
+        });
+        let (message, waited) = results[0].clone().unwrap();
+        assert!(message.contains("peer 0 waited 1 s at the gradients of step 7 for peer 1") && message.contains("distributed.timeout_s"), "{message}");
+        assert!(waited >= Duration::from_secs(1) && waited < Duration::from_secs(3), "{waited:?}");
+    }
+
+    #[test]
+    fn a_peer_that_fails_stops_the_others_at_once_with_its_error() {
+        let results = two_peers(60.0, |peer| {
+            if peer.rank == 1 {
+                peer.fail("step 3: the loss is NaN");
+                return None;
+            }
+            let started = Instant::now();
+            let e = peer.sum(Tensor::<Cpu, 1>::from_floats([1.0], &Default::default()), "the gradients of step 3").unwrap_err();
+            Some((e.to_string(), started.elapsed()))
+        });
+        let (message, waited) = results[0].clone().unwrap();
+        assert_eq!(message, "peer 0 stopped at the gradients of step 3 because peer 1 failed: step 3: the loss is NaN");
+        assert!(waited < Duration::from_secs(10), "{waited:?}");
+    }
+
+    #[test]
+    fn bad_keys_are_named() {
+        for (toml, key, says) in [("devices = [0, 0]", "devices", "listed twice"), ("timeout_s = 0", "timeout_s", "positive"), ("timeout_s = nan", "timeout_s", "positive")] {
+            let e = config(toml).validate().unwrap_err().to_string();
+            assert!(e.contains(key) && e.contains(says), "{toml}: {e}");
+        }
+        assert!(toml::from_str::<DistributedConfig>("nodes = 2").is_err(), "several nodes are not offered");
+    }
+}

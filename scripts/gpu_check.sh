@@ -13,6 +13,8 @@
 #   a_cold        bench train fashion_edm.toml, no-autotune build, empty kernel cache
 #   torch_fashion scripts/torch_reference.py fashion_edm.toml, eager
 #   a_warm        a_cold again: compiled kernels from the cache
+#   peers         train fashion_edm.toml as two data-parallel peers on GPU 0 (--devices cuda:0,cuda:0):
+#                 Burn's collective on the GPU, 10 steps; its log has the all-reduce ms per step
 #   cifar         bench train cifar.toml, train.micro_batch=0, no-autotune build
 #   torch_cifar   torch_reference.py cifar.toml, eager, micro_batch=0
 #   fid           bench fid --device cuda (timing-only random Inception weights)
@@ -38,7 +40,7 @@ budget=${BUDGET:-540}
 device=${DEVICE:-cuda}
 py=${PYTHON:-python3}
 steps=${STEPS:-41} warmup=${WARMUP:-5} window=${WINDOW:-5}
-stages=${STAGES:-a_cold torch_fashion a_warm cifar torch_cifar fid assign b_cold b_warm cifar_auto compile_fashion compile_cifar}
+stages=${STAGES:-a_cold torch_fashion a_warm peers cifar torch_cifar fid assign b_cold b_warm cifar_auto compile_fashion compile_cifar}
 work=${WORK:-/tmp/emulsion-gpu-check}
 started=$(date +%s)
 log=$work/logs
@@ -105,6 +107,9 @@ images_per_s() { "$py" -c 'import json, sys; print(float(json.load(open(sys.argv
 stage a_cold 150 "$noauto" --kernel-cache "$work/cache-noauto" bench train configs/fashion_edm.toml "${timing[@]}"
 stage torch_fashion 90 "${torch[@]}" configs/fashion_edm.toml --mode eager "${timing[@]}"
 stage a_warm 60 "$noauto" --kernel-cache "$work/cache-noauto" bench train configs/fashion_edm.toml "${timing[@]}"
+stage peers 90 "$noauto" --kernel-cache "$work/cache-noauto" train configs/fashion_edm.toml --devices "$device:0,$device:0" \
+    --set run.out_dir="$work/runs" --set run.name=peers --set train.steps=10 --set train.checkpoint_every=10 \
+    --set train.sample_every=0 --set sample.n=4 --set sample.steps=2 --overwrite
 stage cifar 150 "$noauto" --kernel-cache "$work/cache-noauto" bench train configs/cifar.toml "${timing[@]}" "${cifar_sets[@]}"
 stage torch_cifar 120 "${torch[@]}" configs/cifar.toml --mode eager "${timing[@]}" "${cifar_sets[@]}"
 if [ -f "$fid_weights" ]; then

@@ -29,7 +29,8 @@ pub struct DistributedConfig {
     /// device listed twice runs two peers on it (the collective on one GPU, with no speed-up).
     pub devices: Vec<u16>,
     /// Seconds a peer waits for the others at an all-reduce before it stops with an error
-    /// naming them (the first step's wait includes the slowest peer's kernel compilation).
+    /// naming them (the first step's wait includes the slowest peer's kernel compilation; the
+    /// writer's checkpoints, sample grids and FID do not count).
     pub timeout_s: f64,
 }
 
@@ -81,7 +82,7 @@ impl DistributedConfig {
 pub enum PeerError {
     #[error("peer {rank}: Burn's collective failed at {what}: {reason}")]
     Collective { rank: usize, what: String, reason: String },
-    #[error("peer {rank} waited {seconds:.0} s at {what} for {missing}, which never came (distributed.timeout_s): it stalls; resume the run with --resume")]
+    #[error("peer {rank} waited {seconds:.0} s at {what} for {missing} (distributed.timeout_s): a stalled peer, or one slower than that; resume with --resume (a larger distributed.timeout_s if the wait was legitimate)")]
     Timeout { rank: usize, what: String, seconds: f64, missing: String },
     #[error("peer {rank} stopped at {what} because peer {failed} failed: {reason}")]
     PeerFailed { rank: usize, what: String, failed: usize, reason: String },
@@ -103,7 +104,19 @@ pub struct Peer {
 
 /// Where each peer stands: collective calls entered, and the error of one that failed. Lets a
 /// waiting peer name the one it waits for, and stop at once when one has failed.
-static PEERS: Mutex<BTreeMap<usize, (u64, Option<String>)>> = Mutex::new(BTreeMap::new());
+static PEERS: Mutex<BTreeMap<usize, Standing>> = Mutex::new(BTreeMap::new());
+
+/// One peer's entry in [`PEERS`].
+#[derive(Debug, Clone, Default)]
+struct Standing {
+    /// Collective calls entered.
+    calls: u64,
+    /// Its error, once it has failed.
+    failed: Option<String>,
+    /// Doing the writer's work (a checkpoint, a sample grid, FID): the others' waits do not
+    /// count against `distributed.timeout_s` meanwhile.
+    busy: bool,
+}
 
 impl Peer {
     /// The peer of a single-device run.
@@ -140,27 +153,30 @@ impl Peer {
 
     fn register<B: Backend>(&self, config: &DistributedConfig) -> Result<(), PeerError> {
         let collective = config.collective();
-        PEERS.lock().unwrap_or_else(PoisonError::into_inner).insert(self.rank, (0, None));
         let device = self.device::<B>();
         let id = PeerId::from(self.rank as u32);
         self.wait("registration with the other peers", move || collective::register::<B>(id, device, collective))
     }
 
     /// Checks that every peer is at `step` with the same weights (at the start, and after the
-    /// last step): the sums of their weights must be the same bits.
+    /// last step): the same step, and the same hash of every weight's bits, read on the host.
     pub fn agree<B: AutodiffBackend, M: Module<B>>(&self, module: &M, step: u64, when: &str) -> Result<(), PeerError> {
         if self.count == 1 {
             return Ok(());
         }
         let device = self.device::<B::InnerBackend>();
-        let steps = self.gather::<B::InnerBackend>(step as f32, &format!("the {when} step"), &device)?;
-        let fingerprint = weight_fingerprint::<B, M>(module);
-        let fingerprints = self.gather::<B::InnerBackend>(fingerprint, &format!("the {when} weights"), &device)?;
-        if let Some((rank, theirs)) = steps.iter().enumerate().find(|(_, s)| **s != steps[0]) {
-            return Err(PeerError::Mismatch { rank, what: format!("the {when} step"), ours: format!("step {}", steps[0]), theirs: format!("step {theirs}") });
-        }
-        if let Some((rank, theirs)) = fingerprints.iter().enumerate().find(|(_, f)| f.to_bits() != fingerprints[0].to_bits()) {
-            return Err(PeerError::Mismatch { rank, what: format!("the sum of every weight, at the {when}"), ours: fingerprints[0].to_string(), theirs: theirs.to_string() });
+        let words: Vec<u16> = [step, weight_hash::<B, M>(module)].iter().flat_map(|v| (0..4).map(move |k| (v >> (16 * k)) as u16)).collect();
+        let all = self.gather::<B::InnerBackend>(&words, &format!("the {when} check"), &device)?;
+        let value = |peer: &[u16], at: usize| (0..4).fold(0u64, |v, k| v | (peer[at + k] as u64) << (16 * k));
+        for (rank, theirs) in all.iter().enumerate() {
+            let (step_0, step_r) = (value(&all[0], 0), value(theirs, 0));
+            if step_r != step_0 {
+                return Err(PeerError::Mismatch { rank, what: format!("the {when} step"), ours: format!("step {step_0}"), theirs: format!("step {step_r}") });
+            }
+            let (hash_0, hash_r) = (value(&all[0], 4), value(theirs, 4));
+            if hash_r != hash_0 {
+                return Err(PeerError::Mismatch { rank, what: format!("the hash of every weight's bits, at the {when}"), ours: format!("{hash_0:016x}"), theirs: format!("{hash_r:016x}") });
+            }
         }
         Ok(())
     }
@@ -175,8 +191,21 @@ impl Peer {
     /// Tells the waiting peers that this one failed, so they stop at once.
     pub fn fail(&self, reason: &str) {
         if self.count > 1 {
-            PEERS.lock().unwrap_or_else(PoisonError::into_inner).entry(self.rank).or_default().1 = Some(reason.to_string());
+            PEERS.lock().unwrap_or_else(PoisonError::into_inner).entry(self.rank).or_default().failed = Some(reason.to_string());
         }
+    }
+
+    /// Runs `work` (the writer's checkpoint, sample grid or FID) while the other peers wait for
+    /// it without their timeout running.
+    pub fn busy<T>(&self, work: impl FnOnce() -> T) -> T {
+        if self.count == 1 {
+            return work();
+        }
+        let mark = |busy: bool| PEERS.lock().unwrap_or_else(PoisonError::into_inner).entry(self.rank).or_default().busy = busy;
+        mark(true);
+        let done = work();
+        mark(false);
+        done
     }
 
     /// Sums `grads` (every gradient of `module`) and `extra` over the peers, in one all-reduce
@@ -238,13 +267,22 @@ impl Peer {
         Ok(Tensor::from_primitive(TensorPrimitive::Float(summed)))
     }
 
-    /// Every peer's `value`, in rank order (an all-reduce of one-hot rows: Burn's collective
-    /// has no gather).
-    fn gather<B: Backend>(&self, value: f32, what: &str, device: &B::Device) -> Result<Vec<f32>, PeerError> {
-        let mut row = vec![0f32; self.count];
-        row[self.rank] = value;
+    /// `tensor` averaged over every peer: the same bits on every peer.
+    pub fn mean<B: Backend>(&self, tensor: Tensor<B, 1>, step: u64) -> Result<Tensor<B, 1>, PeerError> {
+        Ok(self.sum(tensor, &format!("the gradient norm of step {step}"))? / self.count as f64)
+    }
+
+    /// Every peer's `words`, in rank order (an all-reduce of rows that are zero but for the
+    /// peer's own: Burn's collective has no gather; 16-bit words are exact in f32).
+    fn gather<B: Backend>(&self, words: &[u16], what: &str, device: &B::Device) -> Result<Vec<Vec<u16>>, PeerError> {
+        let k = words.len();
+        let mut row = vec![0f32; self.count * k];
+        for (slot, word) in row[self.rank * k..(self.rank + 1) * k].iter_mut().zip(words) {
+            *slot = *word as f32;
+        }
         let summed = self.sum(Tensor::<B, 1>::from_floats(row.as_slice(), device), what)?;
-        Ok(summed.into_data().to_vec::<f32>().unwrap_or_default())
+        let values = summed.into_data().to_vec::<f32>().map_err(|e| self.failed(what, format!("reading the result back: {e:?}")))?;
+        Ok(values.chunks(k).map(|peer| peer.iter().map(|v| *v as u16).collect()).collect())
     }
 
     /// Runs the blocking collective call `call` on a thread of its own and waits for it at most
@@ -253,8 +291,8 @@ impl Peer {
         let entered = {
             let mut peers = PEERS.lock().unwrap_or_else(PoisonError::into_inner);
             let me = peers.entry(self.rank).or_default();
-            me.0 += 1;
-            me.0
+            me.calls += 1;
+            me.calls
         };
         let (sender, receiver) = std::sync::mpsc::channel();
         std::thread::Builder::new()
@@ -263,19 +301,22 @@ impl Peer {
                 let _ = sender.send(call());
             })
             .map_err(|e| self.failed(what, e.to_string()))?;
-        let started = Instant::now();
+        let mut since = Instant::now();
         loop {
             match receiver.recv_timeout(Duration::from_millis(50)) {
-                Ok(result) => return result.map_err(|e| self.failed(what, format!("{e:?}"))),
+                Ok(result) => return result.map_err(|e| self.failed(what, format!("{e:?} (burn::collective::CollectiveError)"))),
                 Err(RecvTimeoutError::Disconnected) => return Err(self.failed(what, "the collective call ended without a result".into())),
                 Err(RecvTimeoutError::Timeout) => {}
             }
             let peers = PEERS.lock().unwrap_or_else(PoisonError::into_inner).clone();
-            if let Some((failed, (_, Some(reason)))) = peers.iter().find(|(rank, (_, error))| **rank != self.rank && error.is_some()) {
-                return Err(PeerError::PeerFailed { rank: self.rank, what: what.into(), failed: *failed, reason: reason.clone() });
+            if let Some((failed, reason)) = peers.iter().find_map(|(rank, p)| p.failed.as_ref().filter(|_| *rank != self.rank).map(|r| (*rank, r.clone()))) {
+                return Err(PeerError::PeerFailed { rank: self.rank, what: what.into(), failed, reason });
             }
-            if started.elapsed() >= self.timeout {
-                let behind: Vec<String> = peers.iter().filter(|(_, (calls, _))| *calls < entered).map(|(rank, _)| format!("peer {rank}")).collect();
+            if peers.values().any(|p| p.busy) {
+                since = Instant::now();
+            }
+            if since.elapsed() >= self.timeout {
+                let behind: Vec<String> = peers.iter().filter(|(_, p)| p.calls < entered).map(|(rank, _)| format!("peer {rank}")).collect();
                 let missing = if behind.is_empty() { "Burn's collective".to_string() } else { behind.join(", ") };
                 return Err(PeerError::Timeout { rank: self.rank, what: what.into(), seconds: self.timeout.as_secs_f64(), missing });
             }
@@ -287,20 +328,28 @@ impl Peer {
     }
 }
 
-/// The sum of every float parameter of `module`, read back: equal on peers with equal weights.
-fn weight_fingerprint<B: AutodiffBackend, M: Module<B>>(module: &M) -> f32 {
-    struct Sum<B: AutodiffBackend>(Vec<Tensor<B::InnerBackend, 1>>);
-    impl<B: AutodiffBackend> ModuleVisitor<B> for Sum<B> {
+/// A hash of the bits of every float parameter of `module`, read back in visiting order: equal
+/// on peers with equal weights, whatever order a device sums in.
+fn weight_hash<B: AutodiffBackend, M: Module<B>>(module: &M) -> u64 {
+    use std::hash::Hasher;
+    struct Hash<B: AutodiffBackend>(std::hash::DefaultHasher, std::marker::PhantomData<B>);
+    impl<B: AutodiffBackend> ModuleVisitor<B> for Hash<B> {
         fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
-            self.0.push(param.val().inner().sum());
+            self.0.write(param.val().inner().into_data().as_bytes());
         }
     }
-    let mut sum = Sum::<B>(Vec::new());
-    module.visit(&mut sum);
-    if sum.0.is_empty() {
-        return 0.0;
+    let mut hash = Hash::<B>(std::hash::DefaultHasher::new(), std::marker::PhantomData);
+    module.visit(&mut hash);
+    hash.0.finish()
+}
+
+/// Lists every peer before any starts, so that one that never registers is named by the
+/// others.
+pub fn enroll(peers: &[Peer]) {
+    let mut standing = PEERS.lock().unwrap_or_else(PoisonError::into_inner);
+    for peer in peers {
+        standing.insert(peer.rank, Standing::default());
     }
-    Tensor::cat(sum.0, 0).sum().into_scalar().elem()
 }
 
 /// Forgets the peers of a finished (or failed) group, and resets Burn's collective server of
@@ -338,16 +387,17 @@ mod tests {
     fn two_peers<T: Send>(timeout_s: f64, work: impl Fn(&Peer) -> T + Sync) -> Vec<T> {
         static ONE_GROUP: Mutex<()> = Mutex::new(());
         let _group = ONE_GROUP.lock().unwrap_or_else(PoisonError::into_inner);
-        let config = DistributedConfig { devices: vec![0, 1], timeout_s };
+        let config = DistributedConfig { devices: vec![0, 1], timeout_s: 60.0 };
+        let peers = config.peers();
+        enroll(&peers);
         let results = std::thread::scope(|scope| {
-            let handles: Vec<_> = config
-                .peers()
+            let handles: Vec<_> = peers
                 .into_iter()
                 .map(|peer| {
                     let (config, work) = (&config, &work);
                     scope.spawn(move || {
                         peer.register::<Cpu>(config).unwrap();
-                        work(&peer)
+                        work(&Peer { timeout: Duration::from_secs_f64(timeout_s), ..peer })
                     })
                 })
                 .collect();
@@ -363,12 +413,12 @@ mod tests {
             let device = Default::default();
             let own = Tensor::<Cpu, 1>::from_floats([1.0 + peer.rank as f32, 10.0], &device);
             let summed = peer.sum(own, "a test sum").unwrap().into_data().to_vec::<f32>().unwrap();
-            let gathered = peer.gather::<Cpu>(peer.rank as f32 * 3.0, "a test gather", &device).unwrap();
+            let gathered = peer.gather::<Cpu>(&[peer.rank as u16 * 3, u16::MAX - peer.rank as u16], "a test gather", &device).unwrap();
             (summed, gathered)
         });
         for (summed, gathered) in sums {
             assert_eq!(summed, vec![3.0, 20.0]);
-            assert_eq!(gathered, vec![0.0, 3.0]);
+            assert_eq!(gathered, vec![vec![0, u16::MAX], vec![3, u16::MAX - 1]]);
         }
     }
 
@@ -387,6 +437,21 @@ mod tests {
         let (message, waited) = results[0].clone().unwrap();
         assert!(message.contains("peer 0 waited 1 s at the gradients of step 7 for peer 1") && message.contains("distributed.timeout_s"), "{message}");
         assert!(waited >= Duration::from_secs(1) && waited < Duration::from_secs(3), "{waited:?}");
+    }
+
+    #[test]
+    fn the_writers_work_does_not_count_against_the_timeout() {
+        let results = two_peers(1.0, |peer| {
+            let device = Default::default();
+            if peer.rank == 0 {
+                // A checkpoint (or FID) three times as long as the timeout, then the next step.
+                peer.busy(|| std::thread::sleep(Duration::from_secs(3)));
+            }
+            peer.sum(Tensor::<Cpu, 1>::from_floats([1.0], &device), "the gradients of step 2").map(|t| t.into_scalar())
+        });
+        for result in results {
+            assert_eq!(result.unwrap(), 2.0);
+        }
     }
 
     #[test]

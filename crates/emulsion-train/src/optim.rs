@@ -34,10 +34,19 @@ pub fn grad_norm_squared<B: AutodiffBackend, M: Module<B>>(module: &M, grads: &G
 /// Scales all gradients of `module` by `min(1, max_norm / ‖g‖₂)`, where `‖g‖₂` is the L2 norm
 /// of every gradient together (PyTorch's `clip_grad_norm_`). Burn's own clipping is per tensor.
 /// Stays on the device: the norm is never read back.
-pub fn clip_grad_global_norm<B: AutodiffBackend, M: Module<B>>(
+pub fn clip_grad_global_norm<B: AutodiffBackend, M: Module<B>>(module: &M, grads: GradientsParams, max_norm: f64) -> GradientsParams {
+    match grad_norm_squared::<B, M>(module, &grads) {
+        Some(squared) => clip_grad_to_norm::<B, M>(module, grads, max_norm, squared),
+        None => grads,
+    }
+}
+
+/// [`clip_grad_global_norm`] given `‖g‖₂²` (`[1]`): data-parallel peers pass the one they share.
+pub fn clip_grad_to_norm<B: AutodiffBackend, M: Module<B>>(
     module: &M,
     mut grads: GradientsParams,
     max_norm: f64,
+    squared: Tensor<B::InnerBackend, 1>,
 ) -> GradientsParams {
     struct Scale<'a, B: AutodiffBackend> {
         grads: &'a mut GradientsParams,
@@ -52,7 +61,6 @@ pub fn clip_grad_global_norm<B: AutodiffBackend, M: Module<B>>(
         }
     }
 
-    let Some(squared) = grad_norm_squared::<B, M>(module, &grads) else { return grads };
     // factor = max_norm / max(‖g‖, max_norm): 1 below the threshold, shrinking above it.
     let factor = squared.sqrt().clamp_min(max_norm).recip() * max_norm;
     module.visit(&mut Scale::<B> { grads: &mut grads, factor });

@@ -148,6 +148,7 @@ where
     }
     tracing::info!("data-parallel: {} peers on devices {:?}, {} images each per step", peers.len(), dist.device_indices(), config.train.batch_size / peers.len());
     let mut store = Some(store);
+    crate::distributed::enroll(&peers);
     let results: Vec<Result<TrainReport, TrainError>> = std::thread::scope(|scope| {
         let handles: Vec<_> = peers
             .iter()
@@ -156,7 +157,11 @@ where
                 std::thread::Builder::new()
                     .name(format!("peer-{}", peer.rank))
                     .spawn_scoped(scope, move || {
-                        let result = session::<B>(config, prepared, store, peer, &device, options);
+                        let run = std::panic::AssertUnwindSafe(|| session::<B>(config, prepared, store, peer, &device, options));
+                        let result = std::panic::catch_unwind(run).unwrap_or_else(|panic| {
+                            let what = panic.downcast_ref::<String>().cloned().or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()));
+                            Err(TrainError::Device(format!("peer {} panicked: {}", peer.rank, what.unwrap_or_default())))
+                        });
                         if let Err(e) = &result {
                             peer.fail(&e.to_string());
                         }
@@ -302,7 +307,7 @@ where
         None
     };
     if let (true, Some(fid)) = (catch_up, &fid) {
-        with_backend_draws(|| fid.evaluate(&learner.model().ema.valid(), &generator, start_step, device))?;
+        peer.busy(|| with_backend_draws(|| fid.evaluate(&learner.model().ema.valid(), &generator, start_step, device)))?;
     }
     if start_step >= total_steps {
         if writes {
@@ -332,6 +337,7 @@ where
             checkpoint_files: vec![(CONFIG_FILE.into(), config_toml.clone()), (UNET_FILE.into(), unet_json.clone())],
             unet: unet.clone(),
             config_toml: config_toml.clone(),
+            grad_clip: t.grad_clip,
             on_nonfinite: t.on_nonfinite,
             max_skipped_steps: t.max_skipped_steps.unwrap_or(DEFAULT_MAX_SKIPPED_STEPS),
             log_every: t.log_every as u64,

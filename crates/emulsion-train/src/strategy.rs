@@ -28,7 +28,7 @@ use crate::checkpoint::{CheckpointStore, JournalWindow, SkipCount, TrainState};
 use crate::monitor::{journal_line_due, Running};
 use crate::config::OnNonFinite;
 use crate::export::{self, SNAPSHOT_FILE};
-use crate::optim::grad_norm_squared;
+use crate::optim::{clip_grad_to_norm, grad_norm_squared};
 use crate::trainer::DiffusionOutput;
 use crate::data::DataOrder;
 use crate::distributed::Peer;
@@ -61,6 +61,9 @@ pub struct StepPlan {
     pub unet: UNetConfig,
     /// The resolved config (TOML), recorded in the snapshots.
     pub config_toml: String,
+    /// Global gradient-norm threshold (0: none); data-parallel peers clip here, by their
+    /// shared norm.
+    pub grad_clip: f64,
     /// What a non-finite loss or gradient norm does, and how many skips in a row end the run.
     pub on_nonfinite: OnNonFinite,
     pub max_skipped_steps: usize,
@@ -213,21 +216,30 @@ where
             let step = batch.step + 1;
             learner.lr_step();
             let mut output = learner.train_step(batch);
+            let mut shared_norm = None;
             if self.peer.count > 1 {
                 // The batch's gradients, loss and mean distance: sums of every peer's share.
+                let model = learner.model();
                 let item = &mut output.item;
                 let extra = Tensor::cat(vec![item.loss.clone().inner(), item.assign_distance.clone().inner() / self.peer.count as f64], 0);
                 let grads = std::mem::take(&mut output.grads);
                 let reducing = Instant::now();
-                let (grads, summed) = self.peer.sum_gradients::<B, _>(&learner.model(), grads, extra, step)?;
+                let (grads, summed) = self.peer.sum_gradients::<B, _>(&model, grads, extra, step)?;
+                // A GPU's reductions may give each peer other last bits of the same norm: the
+                // peers clip by their mean, the same bits everywhere, so they stay identical.
+                let squared = grad_norm_squared::<B, _>(&model, &grads).map(|sq| self.peer.mean(sq, step)).transpose()?;
                 all_reduce.add(reducing.elapsed().as_secs_f64());
-                output.grads = grads;
+                output.grads = match &squared {
+                    Some(sq) if plan.grad_clip > 0.0 => clip_grad_to_norm::<B, _>(&model, grads, plan.grad_clip, sq.clone()),
+                    _ => grads,
+                };
+                shared_norm = squared;
                 item.loss = Tensor::from_inner(summed.clone().narrow(0, 0, 1));
                 item.assign_distance = Tensor::from_inner(summed.narrow(0, 1, 1));
             }
             // One read-back per step: a non-finite loss or gradient must stop (or skip) this
             // step's update before it reaches the weights.
-            let values = StepValues::read::<B>(&learner.model(), &output);
+            let values = StepValues::read::<B>(&learner.model(), &output, shared_norm);
             let verdict = guard.check(step, &values);
             if let Ok(Verdict::Apply) = verdict {
                 learner.optimizer_step(output.grads);
@@ -252,15 +264,19 @@ where
                 }
                 continue;
             }
-            if step % plan.checkpoint_every == 0 || last {
-                finished.last_checkpoint = Some(self.checkpoint(learner, step, started, &window, &guard.skipped, event_store)?);
-            }
-            if (plan.sample_every > 0 && step % plan.sample_every == 0) || last {
-                finished.last_samples = Some(self.sample(&learner.model(), step)?);
-            }
-            if let Some(fid) = self.fid.as_ref().filter(|fid| fid.when.fid_due(step, plan.total_steps)) {
-                self.evaluate_fid(fid, &learner.model(), step)?;
-            }
+            // The other peers wait at the next step's all-reduce meanwhile.
+            self.peer.busy(|| -> Result<(), TrainError> {
+                if step % plan.checkpoint_every == 0 || last {
+                    finished.last_checkpoint = Some(self.checkpoint(learner, step, started, &window, &guard.skipped, event_store)?);
+                }
+                if (plan.sample_every > 0 && step % plan.sample_every == 0) || last {
+                    finished.last_samples = Some(self.sample(&learner.model(), step)?);
+                }
+                if let Some(fid) = self.fid.as_ref().filter(|fid| fid.when.fid_due(step, plan.total_steps)) {
+                    self.evaluate_fid(fid, &learner.model(), step)?;
+                }
+                Ok(())
+            })?;
             finished.last_step = step;
             if interrupter.should_stop() {
                 break;
@@ -284,12 +300,15 @@ struct StepValues {
 }
 
 impl StepValues {
-    fn read<B: AutodiffBackend + AssignBackend>(model: &Trainer<B>, output: &burn::train::TrainOutput<DiffusionOutput<B>>) -> Self
+    /// `squared_norm`: `‖g‖₂²` when already known (data-parallel peers clip before the check).
+    fn read<B: AutodiffBackend + AssignBackend>(model: &Trainer<B>, output: &burn::train::TrainOutput<DiffusionOutput<B>>, squared_norm: Option<Tensor<B::InnerBackend, 1>>) -> Self
     where
         B::InnerBackend: AssignBackend,
     {
         let item = &output.item;
-        let norm = grad_norm_squared::<B, _>(model, &output.grads).unwrap_or_else(|| Tensor::zeros([1], &item.loss.device().clone()));
+        let norm = squared_norm
+            .or_else(|| grad_norm_squared::<B, _>(model, &output.grads))
+            .unwrap_or_else(|| Tensor::zeros([1], &item.loss.device().clone()));
         let values: Vec<f64> = Transaction::default()
             .register(item.loss.clone().inner())
             .register(norm)

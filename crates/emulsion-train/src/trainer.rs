@@ -354,6 +354,8 @@ impl<B: AutodiffBackend + AssignBackend> TrainStep for Trainer<B> {
         Self: AutodiffModule<AB>,
     {
         let (clip, decay) = (self.recipe.grad_clip, self.recipe.ema_decay);
+        // Data-parallel peers have clipped already, by the norm they share (`strategy.rs`).
+        let clip = if self.recipe.peer.count > 1 { 0.0 } else { clip };
         let grads = if clip > 0.0 { clip_grad_global_norm::<AB, Self>(&self, grads, clip) } else { grads };
         let stepped = optim.step(lr, self, grads);
         update_ema::<AB, Self>(stepped, "net", "ema", decay)

@@ -978,6 +978,7 @@ fn a_killed_data_parallel_run_resumes_to_the_uninterrupted_weights() {
     child.kill().unwrap(); // SIGKILL
     child.wait().unwrap();
     let stopped_at = newest_step(&checkpoints);
+    assert!(matches!(stopped_at, Some(step) if step < 30), "the kill came after step {stopped_at:?}: nothing to resume");
     let mut args = args.clone();
     args.push("--resume");
     ok(emulsion(&args));

@@ -337,7 +337,6 @@ where
             checkpoint_files: vec![(CONFIG_FILE.into(), config_toml.clone()), (UNET_FILE.into(), unet_json.clone())],
             unet: unet.clone(),
             config_toml: config_toml.clone(),
-            grad_clip: t.grad_clip,
             on_nonfinite: t.on_nonfinite,
             max_skipped_steps: t.max_skipped_steps.unwrap_or(DEFAULT_MAX_SKIPPED_STEPS),
             log_every: t.log_every as u64,

@@ -61,9 +61,6 @@ pub struct StepPlan {
     pub unet: UNetConfig,
     /// The resolved config (TOML), recorded in the snapshots.
     pub config_toml: String,
-    /// Global gradient-norm threshold (0: none); data-parallel peers clip here, by their
-    /// shared norm.
-    pub grad_clip: f64,
     /// What a non-finite loss or gradient norm does, and how many skips in a row end the run.
     pub on_nonfinite: OnNonFinite,
     pub max_skipped_steps: usize,
@@ -230,7 +227,7 @@ where
                 let squared = grad_norm_squared::<B, _>(&model, &grads).map(|sq| self.peer.mean(sq, step)).transpose()?;
                 all_reduce.add(reducing.elapsed().as_secs_f64());
                 output.grads = match &squared {
-                    Some(sq) if plan.grad_clip > 0.0 => clip_grad_to_norm::<B, _>(&model, grads, plan.grad_clip, sq.clone()),
+                    Some(sq) if model.recipe.grad_clip > 0.0 => clip_grad_to_norm::<B, _>(&model, grads, model.recipe.grad_clip, sq.clone()),
                     _ => grads,
                 };
                 shared_norm = squared;

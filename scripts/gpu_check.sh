@@ -15,6 +15,8 @@
 #   a_warm        a_cold again: compiled kernels from the cache
 #   peers         train fashion_edm.toml as two data-parallel peers on GPU 0 (--devices cuda:0,cuda:0):
 #                 Burn's collective on the GPU, 10 steps; its log has the all-reduce ms per step
+#   nodes         the same as two nodes (two processes on GPU 0, --nodes 2 through Burn's global
+#                 orchestrator on 127.0.0.1:29500): the multi-node all-reduce on the GPU
 #   cifar         bench train cifar.toml, train.micro_batch=0, no-autotune build
 #   torch_cifar   torch_reference.py cifar.toml, eager, micro_batch=0
 #   fid           bench fid --device cuda (timing-only random Inception weights)
@@ -40,7 +42,7 @@ budget=${BUDGET:-540}
 device=${DEVICE:-cuda}
 py=${PYTHON:-python3}
 steps=${STEPS:-41} warmup=${WARMUP:-5} window=${WINDOW:-5}
-stages=${STAGES:-a_cold torch_fashion a_warm peers cifar torch_cifar fid assign b_cold b_warm cifar_auto compile_fashion compile_cifar}
+stages=${STAGES:-a_cold torch_fashion a_warm peers nodes cifar torch_cifar fid assign b_cold b_warm cifar_auto compile_fashion compile_cifar}
 work=${WORK:-/tmp/emulsion-gpu-check}
 started=$(date +%s)
 log=$work/logs
@@ -110,6 +112,21 @@ stage a_warm 60 "$noauto" --kernel-cache "$work/cache-noauto" bench train config
 stage peers 90 "$noauto" --kernel-cache "$work/cache-noauto" train configs/fashion_edm.toml --devices "$device:0,$device:0" \
     --set run.out_dir="$work/runs" --set run.name=peers --set train.steps=10 --set train.checkpoint_every=10 \
     --set train.sample_every=0 --set sample.n=4 --set sample.steps=2 --overwrite
+# Both nodes of a two-node run on this machine; node 1 runs in the background, node 0 is timed.
+two_nodes() {
+    local common=("$noauto" --kernel-cache "$work/cache-noauto" train configs/fashion_edm.toml --device "$device" --nodes 2
+        --coordinator 127.0.0.1:29500 --set run.out_dir="$work/runs" --set run.name=nodes --set train.steps=10
+        --set train.checkpoint_every=10 --set train.sample_every=0 --set sample.n=4 --set sample.steps=2)
+    "${common[@]}" --node-rank 1 >"$log/nodes-1.out" 2>"$log/nodes-1.log" &
+    local node_1=$!
+    "${common[@]}" --node-rank 0 --overwrite
+    local rc=$?
+    wait "$node_1" || rc=$?
+    return $rc
+}
+export -f two_nodes
+export noauto work device log
+stage nodes 120 bash -c two_nodes
 stage cifar 150 "$noauto" --kernel-cache "$work/cache-noauto" bench train configs/cifar.toml "${timing[@]}" "${cifar_sets[@]}"
 stage torch_cifar 120 "${torch[@]}" configs/cifar.toml --mode eager "${timing[@]}" "${cifar_sets[@]}"
 if [ -f "$fid_weights" ]; then

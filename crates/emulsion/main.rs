@@ -55,6 +55,9 @@ enum Command {
     /// The classifier of the `fd_fmnist` metric (`eval.metric = "fd_fmnist"`).
     #[command(subcommand)]
     FdNet(FdNetCommand),
+    /// Burn's global orchestrator, which the nodes of a multi-node run meet at (node 0 starts
+    /// one itself unless distributed.start_coordinator = false).
+    Coordinator(CoordinatorArgs),
 }
 
 #[derive(Subcommand)]
@@ -293,6 +296,27 @@ struct TrainArgs {
     /// run.device and distributed.devices; cpu:0,cpu:1 runs two peers on the CPU).
     #[arg(long, value_delimiter = ',', value_name = "KIND:N", conflicts_with = "device")]
     devices: Vec<PeerDevice>,
+    /// Nodes (processes, usually machines) in the run, each with the same config and as many
+    /// devices (distributed.nodes).
+    #[arg(long)]
+    nodes: Option<usize>,
+    /// This node's number, 0 to nodes - 1 (distributed.node_rank); node 0 writes the run.
+    #[arg(long)]
+    node_rank: Option<usize>,
+    /// Burn's global orchestrator, which every node connects to (distributed.coordinator);
+    /// node 0 starts it on this port unless distributed.start_coordinator = false.
+    #[arg(long, value_name = "HOST:PORT")]
+    coordinator: Option<String>,
+}
+
+#[derive(Args)]
+struct CoordinatorArgs {
+    /// The port to listen on, on every interface: the port of every node's --coordinator.
+    #[arg(long)]
+    port: u16,
+    /// Exit when standard input closes: how node 0 ties the orchestrator it starts to itself.
+    #[arg(long, hide = true)]
+    until_stdin_closes: bool,
 }
 
 #[derive(Args)]
@@ -369,6 +393,13 @@ fn main() -> ExitCode {
     } else {
         tracing_subscriber::registry().with(log.with_writer(std::io::stderr).with_filter(filter)).init();
     }
+    // Burn's collective panics in its network threads when another node goes away; the peers'
+    // own error says what happened, so each such panic is one warning line, not a panic report.
+    let report_panic = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| match std::thread::current().name() {
+        Some("tokio-rt-worker") => tracing::warn!("Burn's collective runtime {info}"),
+        _ => report_panic(info),
+    }));
     let cli = Cli::parse();
     if let Err(error) = use_kernel_cache(cli.kernel_cache.as_deref()) {
         progress::clear();
@@ -386,6 +417,7 @@ fn main() -> ExitCode {
         Command::Fid(args) => fid(args),
         Command::Sweep(args) => sweep(args),
         Command::FdNet(FdNetCommand::Train(args)) => fd_net_train(args),
+        Command::Coordinator(args) => coordinator(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -434,8 +466,12 @@ fn train(args: TrainArgs) -> Result<()> {
         config.run.device = first.choice;
         config.distributed.devices = args.devices.iter().map(|d| d.index).collect();
     }
+    let d = &mut config.distributed;
+    d.nodes = args.nodes.unwrap_or(d.nodes);
+    d.node_rank = args.node_rank.unwrap_or(d.node_rank);
+    d.coordinator = args.coordinator.or(d.coordinator.take());
     // The command line changed the config after `load` validated it.
-    config.validate().context("--devices")?;
+    config.validate().context("the command line's --devices, --nodes, --node-rank or --coordinator")?;
     if args.dry_run {
         print!("{}", config.to_toml());
         return Ok(());
@@ -451,6 +487,7 @@ fn train(args: TrainArgs) -> Result<()> {
     };
     let backend = device::resolve(config.run.device)?;
     eprintln!("device: {}", backend.describe());
+    let _orchestrator = start_orchestrator(&config.distributed)?;
     let report = on_backend!(backend, B => {
         emulsion_train::train::<burn::backend::Autodiff<B>>(&config, &Default::default(), &options)
     })
@@ -461,6 +498,59 @@ fn train(args: TrainArgs) -> Result<()> {
     if let Some(checkpoint) = &report.last_checkpoint {
         eprintln!("checkpoint: {}", checkpoint.display());
     }
+    Ok(())
+}
+
+/// Node 0 of a multi-node run starts Burn's global orchestrator as a child process (`emulsion
+/// coordinator`), which ends with it; the orchestrator's signal handling stays out of this
+/// process. Every node first checks that its data service's port is free.
+fn start_orchestrator(d: &emulsion_train::distributed::DistributedConfig) -> Result<Option<Orchestrator>> {
+    if d.nodes == 1 {
+        return Ok(None);
+    }
+    port_is_free(d.data_service_port()?, "distributed.data_port (this node's tensor data service)")?;
+    if d.node_rank != 0 || !d.start_coordinator {
+        return Ok(None);
+    }
+    let (_, port) = d.coordinator_address()?;
+    port_is_free(port, "distributed.coordinator's port")?;
+    let exe = std::env::current_exe().context("locating the emulsion binary")?;
+    let child = std::process::Command::new(exe)
+        .args(["coordinator", "--port", &port.to_string(), "--until-stdin-closes"])
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .context("starting Burn's global orchestrator (emulsion coordinator)")?;
+    eprintln!("orchestrator: listening on port {port} (process {})", child.id());
+    Ok(Some(Orchestrator(child)))
+}
+
+/// Refuses a port another program listens on, before Burn's servers would fail on it in a
+/// thread of their own (and leave the nodes waiting for the timeout).
+fn port_is_free(port: u16, what: &str) -> Result<()> {
+    std::net::TcpListener::bind(("0.0.0.0", port)).map(drop).with_context(|| format!("port {port} of {what} is not free"))
+}
+
+/// The orchestrator child of node 0: stopped when node 0 ends, or, should node 0 be killed,
+/// when its standard input closes.
+struct Orchestrator(std::process::Child);
+
+impl Drop for Orchestrator {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn coordinator(args: CoordinatorArgs) -> Result<()> {
+    port_is_free(args.port, "--port")?;
+    if args.until_stdin_closes {
+        std::thread::spawn(|| {
+            let _ = std::io::copy(&mut std::io::stdin(), &mut std::io::sink());
+            std::process::exit(0);
+        });
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the orchestrator's runtime")?;
+    runtime.block_on(burn_collective::start_global_orchestrator(args.port));
     Ok(())
 }
 

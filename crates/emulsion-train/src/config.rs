@@ -626,7 +626,7 @@ impl Config {
         if t.batch_size % peers != 0 {
             return Err(Invalid::new(
                 "train.batch_size",
-                format!("the global batch of {} does not split evenly over {peers} peers (distributed.devices)", t.batch_size),
+                format!("the global batch of {} does not split evenly over {peers} peers (distributed.devices × distributed.nodes)", t.batch_size),
             ));
         }
         let shard = t.batch_size / peers;

@@ -1,10 +1,9 @@
 //! Data-parallel training on Burn's collective engine (`burn::collective`): one peer (a thread
-//! and a model replica) per device of this process. Every peer loads the same global batch,
-//! trains its contiguous shard of it, and the peers' gradients are summed by one all-reduce per
-//! step, so every peer takes the same update. Peer 0 writes the run directory.
-//!
-//! Several nodes (Burn's global orchestrator) are not offered: burn-collective 0.21.0 completes
-//! only the first all-reduce between nodes (README, "Several GPUs").
+//! and a model replica) per device, on one node (process) or several joined by Burn's global
+//! orchestrator. Every peer loads the same global batch, trains its contiguous shard of it, and
+//! the peers' gradients are summed by one all-reduce per step, so every peer takes the same
+//! update. Peers are numbered `node_rank · devices + local index`; peer 0 writes the run
+//! directory.
 
 use std::collections::BTreeMap;
 use std::ops::Range;
@@ -21,13 +20,27 @@ use burn::tensor::TensorPrimitive;
 use emulsion_config::Invalid;
 use serde::{Deserialize, Serialize};
 
-/// The `[distributed]` section: the devices this process trains on.
+/// The `[distributed]` section: the devices this node trains on, and how the nodes meet.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DistributedConfig {
-    /// Device indices (of `run.device`'s backend), one peer each; empty: device 0 alone. A
-    /// device listed twice runs two peers on it (the collective on one GPU, with no speed-up).
+    /// Device indices (of `run.device`'s backend) this node trains on, one peer each; empty:
+    /// device 0 alone. A device listed twice runs two peers on it (the collective on one GPU,
+    /// with no speed-up).
     pub devices: Vec<u16>,
+    /// Nodes (processes, usually machines) in the run, each with as many devices.
+    pub nodes: usize,
+    /// This node's number, 0 to `nodes - 1`; node 0 writes the run directory.
+    pub node_rank: usize,
+    /// `HOST:PORT` of Burn's global orchestrator, which every node connects to (`nodes > 1`).
+    pub coordinator: Option<String>,
+    /// Node 0 starts the orchestrator at `coordinator`'s port; false when `emulsion
+    /// coordinator` runs it apart.
+    pub start_coordinator: bool,
+    /// This node's address as the other nodes reach it (its tensor data service).
+    pub node_address: String,
+    /// Port of this node's tensor data service; 0: `coordinator`'s port + 1 + `node_rank`.
+    pub data_port: u16,
     /// Seconds a peer waits for the others at an all-reduce before it stops with an error
     /// naming them (the first step's wait includes the slowest peer's kernel compilation; the
     /// writer's checkpoints, sample grids and FID do not count).
@@ -36,45 +49,122 @@ pub struct DistributedConfig {
 
 impl Default for DistributedConfig {
     fn default() -> Self {
-        Self { devices: Vec::new(), timeout_s: 600.0 }
+        Self {
+            devices: Vec::new(),
+            nodes: 1,
+            node_rank: 0,
+            coordinator: None,
+            start_coordinator: true,
+            node_address: "127.0.0.1".into(),
+            data_port: 0,
+            timeout_s: 600.0,
+        }
     }
 }
 
 impl DistributedConfig {
-    /// The device indices of the peers.
+    /// The device indices of this node's peers.
     pub fn device_indices(&self) -> Vec<u16> {
         if self.devices.is_empty() { vec![0] } else { self.devices.clone() }
     }
 
-    /// Peers in the run.
+    /// Peers in the whole run.
     pub fn peer_count(&self) -> usize {
-        self.device_indices().len()
+        self.nodes * self.device_indices().len()
     }
 
-    /// Whether this is a single-device run (no collective at all).
+    /// Whether this is a single-device, single-node run (no collective at all).
     pub fn is_single(&self) -> bool {
         self.peer_count() == 1
     }
 
+    /// Whether this node writes the run directory (node 0; the others only read the
+    /// checkpoint they resume from).
+    pub fn writes_run_dir(&self) -> bool {
+        self.node_rank == 0
+    }
+
+    /// The orchestrator's host and port.
+    pub fn coordinator_address(&self) -> Result<(String, u16), Invalid> {
+        let Some(text) = &self.coordinator else {
+            return Err(Invalid::new("coordinator", format!("{} nodes need the orchestrator's HOST:PORT (--coordinator)", self.nodes)));
+        };
+        let parsed = text.rsplit_once(':').and_then(|(host, port)| Some((host, port.parse::<u16>().ok()?)));
+        match parsed {
+            Some((host, port)) if valid_host(host) && port > 0 => Ok((host.to_string(), port)),
+            _ => Err(Invalid::new("coordinator", format!("must be HOST:PORT (a port from 1 to 65535), got {text:?}"))),
+        }
+    }
+
+    /// This node's data service port: `data_port`, or the coordinator's port + 1 + `node_rank`.
+    pub fn data_service_port(&self) -> Result<u16, Invalid> {
+        if self.data_port != 0 {
+            return Ok(self.data_port);
+        }
+        let (_, port) = self.coordinator_address()?;
+        u16::try_from(port as usize + 1 + self.node_rank)
+            .map_err(|_| Invalid::new("data_port", format!("the coordinator's port {port} + 1 + node_rank {} is past 65535: set it", self.node_rank)))
+    }
+
     /// Checks the keys; errors name the key within the section.
     pub fn validate(&self) -> Result<(), Invalid> {
+        emulsion_config::at_least("nodes", self.nodes, 1)?;
+        if self.node_rank >= self.nodes {
+            return Err(Invalid::new("node_rank", format!("must be below nodes = {}, got {}", self.nodes, self.node_rank)));
+        }
         if !(self.timeout_s.is_finite() && self.timeout_s > 0.0) {
             return Err(Invalid::new("timeout_s", format!("must be a positive number of seconds, got {}", self.timeout_s)));
+        }
+        if self.nodes > 1 {
+            self.coordinator_address()?;
+            self.data_service_port()?;
+            if !valid_host(&self.node_address) {
+                return Err(Invalid::new("node_address", format!("must be a host name or IP address, got {:?}", self.node_address)));
+            }
         }
         Ok(())
     }
 
-    /// The peers, in rank order.
+    /// This node's peers, in rank order.
     pub fn peers(&self) -> Vec<Peer> {
         let indices = self.device_indices();
+        let (count, first) = (self.peer_count(), self.node_rank * indices.len());
         let timeout = Duration::from_secs_f64(self.timeout_s);
-        indices.iter().enumerate().map(|(rank, &device_index)| Peer { rank, count: indices.len(), device_index, timeout }).collect()
+        let remote = (self.nodes > 1).then(|| self.other_nodes());
+        indices.iter().enumerate().map(|(local, &device_index)| Peer { rank: first + local, count, device_index, timeout, remote: remote.clone() }).collect()
     }
 
-    /// Burn's collective configuration.
-    fn collective(&self) -> CollectiveConfig {
-        CollectiveConfig::default().with_num_devices(self.peer_count()).with_local_all_reduce_strategy(AllReduceStrategy::Tree(2))
+    /// The nodes other than this one, for an error that cannot tell which of them is missing.
+    fn other_nodes(&self) -> String {
+        let others: Vec<String> = (0..self.nodes).filter(|n| *n != self.node_rank).map(|n| n.to_string()).collect();
+        format!("node {}", others.join(", node "))
     }
+
+    /// Burn's collective configuration of this node.
+    fn collective(&self) -> Result<CollectiveConfig, Invalid> {
+        let local = CollectiveConfig::default()
+            .with_num_devices(self.device_indices().len())
+            .with_local_all_reduce_strategy(AllReduceStrategy::Tree(2));
+        if self.nodes == 1 {
+            return Ok(local);
+        }
+        let (host, port) = self.coordinator_address()?;
+        let data_port = self.data_service_port()?;
+        let address = |key: &str, host: &str, port: u16| {
+            format!("ws://{host}:{port}").parse().map_err(|e| Invalid::new(key, format!("{host}:{port} is not an address: {e:?}")))
+        };
+        Ok(local
+            .with_num_nodes(self.nodes as u32)
+            .with_global_address(address("coordinator", &host, port)?)
+            .with_node_address(address("node_address", &self.node_address, data_port)?)
+            .with_data_service_port(data_port)
+            .with_global_all_reduce_strategy(AllReduceStrategy::Tree(2)))
+    }
+}
+
+/// A host name or an IP address (IPv6 in brackets): no scheme, path or spaces.
+fn valid_host(host: &str) -> bool {
+    !host.is_empty() && !host.contains(['/', ' ', '@', '?', '#'])
 }
 
 /// Why data-parallel training stopped.
@@ -82,28 +172,32 @@ impl DistributedConfig {
 pub enum PeerError {
     #[error("peer {rank}: Burn's collective failed at {what}: {reason}")]
     Collective { rank: usize, what: String, reason: String },
-    #[error("peer {rank} waited {seconds:.0} s at {what} for {missing} (distributed.timeout_s): a stalled peer, or one slower than that; resume with --resume (a larger distributed.timeout_s if the wait was legitimate)")]
+    #[error("peer {rank} lost the peers of {nodes} at {what} (Burn's collective: {reason}): a node stopped, the network between the nodes failed, or the nodes' configs differ; restart every node with --resume")]
+    NodeLost { rank: usize, what: String, nodes: String, reason: String },
+    #[error("peer {rank} waited {seconds:.0} s at {what} for {missing} (distributed.timeout_s): a stalled peer, or one slower than that; restart the run (every node, with several) with --resume (a larger distributed.timeout_s if the wait was legitimate)")]
     Timeout { rank: usize, what: String, seconds: f64, missing: String },
     #[error("peer {rank} stopped at {what} because peer {failed} failed: {reason}")]
     PeerFailed { rank: usize, what: String, failed: usize, reason: String },
-    #[error("peer {rank} has {theirs} where peer 0 has {ours} ({what}): the peers train different models")]
+    #[error("peer {rank} has {theirs} where peer 0 has {ours} ({what}): the peers train different models (several nodes: every node must resume from the same checkpoint, with the same config)")]
     Mismatch { rank: usize, what: String, ours: String, theirs: String },
 }
 
 /// One peer of data-parallel training.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Peer {
-    /// Its number (Burn's `PeerId`).
+    /// Its number in the whole run (Burn's `PeerId`).
     pub rank: usize,
-    /// Peers in the run.
+    /// Peers in the whole run.
     pub count: usize,
     /// Its device's index on the backend.
     pub device_index: u16,
     timeout: Duration,
+    /// The other nodes, as an error names them (several nodes).
+    remote: Option<String>,
 }
 
-/// Where each peer stands: collective calls entered, and the error of one that failed. Lets a
-/// waiting peer name the one it waits for, and stop at once when one has failed.
+/// Where each peer of this node stands: collective calls entered, and the error of one that
+/// failed. Lets a waiting peer name the one it waits for, and stop at once when one has failed.
 static PEERS: Mutex<BTreeMap<usize, Standing>> = Mutex::new(BTreeMap::new());
 
 /// One peer's entry in [`PEERS`].
@@ -121,7 +215,7 @@ struct Standing {
 impl Peer {
     /// The peer of a single-device run.
     pub fn alone() -> Self {
-        Self { rank: 0, count: 1, device_index: 0, timeout: Duration::MAX }
+        Self { rank: 0, count: 1, device_index: 0, timeout: Duration::MAX, remote: None }
     }
 
     /// Whether it writes the run directory (checkpoints, journal, samples, FID).
@@ -140,8 +234,8 @@ impl Peer {
         self.rank * size..(self.rank + 1) * size
     }
 
-    /// Joins the collective (every peer must); then checks that every peer starts at `step`
-    /// with the same weights.
+    /// Joins the collective (every peer of every node must); then checks that every peer starts
+    /// at `step` with the same weights.
     pub fn join<B: AutodiffBackend, M: Module<B>>(&self, config: &DistributedConfig, module: &M, step: u64) -> Result<(), PeerError> {
         if self.count == 1 {
             return Ok(());
@@ -152,7 +246,7 @@ impl Peer {
     }
 
     fn register<B: Backend>(&self, config: &DistributedConfig) -> Result<(), PeerError> {
-        let collective = config.collective();
+        let collective = config.collective().map_err(|e| self.failed("registration", e.to_string()))?;
         let device = self.device::<B>();
         let id = PeerId::from(self.rank as u32);
         self.wait("registration with the other peers", move || collective::register::<B>(id, device, collective))
@@ -304,7 +398,16 @@ impl Peer {
         let mut since = Instant::now();
         loop {
             match receiver.recv_timeout(Duration::from_millis(50)) {
-                Ok(result) => return result.map_err(|e| self.failed(what, format!("{e:?} (burn::collective::CollectiveError)"))),
+                Ok(result) => {
+                    return result.map_err(|e| match (e, &self.remote) {
+                        // Between nodes: a node lost (killed, or its network), or a mismatch; losing
+                        // a node can also take this node's collective server down with it.
+                        (reason @ (collective::CollectiveError::Global(_) | collective::CollectiveError::LocalServerMissing), Some(nodes)) => {
+                            PeerError::NodeLost { rank: self.rank, what: what.into(), nodes: nodes.clone(), reason: format!("{reason:?}") }
+                        }
+                        (e, _) => self.failed(what, format!("{e:?} (burn::collective::CollectiveError)")),
+                    })
+                }
                 Err(RecvTimeoutError::Disconnected) => return Err(self.failed(what, "the collective call ended without a result".into())),
                 Err(RecvTimeoutError::Timeout) => {}
             }
@@ -317,7 +420,11 @@ impl Peer {
             }
             if since.elapsed() >= self.timeout {
                 let behind: Vec<String> = peers.iter().filter(|(_, p)| p.calls < entered).map(|(rank, _)| format!("peer {rank}")).collect();
-                let missing = if behind.is_empty() { "Burn's collective".to_string() } else { behind.join(", ") };
+                let missing = match (behind.is_empty(), &self.remote) {
+                    (false, _) => behind.join(", "),
+                    (true, Some(nodes)) => format!("the peers of {nodes} (every peer of this node is there)"),
+                    (true, None) => "Burn's collective".to_string(),
+                };
                 return Err(PeerError::Timeout { rank: self.rank, what: what.into(), seconds: self.timeout.as_secs_f64(), missing });
             }
         }
@@ -352,11 +459,13 @@ pub fn enroll(peers: &[Peer]) {
     }
 }
 
-/// Forgets the peers of a finished (or failed) group, and resets Burn's collective server of
-/// backend `B`, so a later group in this process starts afresh.
-pub fn reset<B: Backend>() {
+/// Forgets the peers of a finished (or failed) group, and, with `server`, resets Burn's
+/// collective server of backend `B`, so a later group in this process starts afresh.
+pub fn reset<B: Backend>(server: bool) {
     PEERS.lock().unwrap_or_else(PoisonError::into_inner).clear();
-    collective::reset_collective::<B>();
+    if server {
+        collective::reset_collective::<B>();
+    }
 }
 
 #[cfg(test)]
@@ -365,6 +474,16 @@ mod tests {
 
     fn config(toml: &str) -> DistributedConfig {
         toml::from_str(toml).unwrap()
+    }
+
+    #[test]
+    fn peers_of_several_nodes_are_numbered_node_by_node() {
+        let node_1 = config("devices = [3, 1]\nnodes = 3\nnode_rank = 1\ncoordinator = \"h:9\"");
+        let peers = node_1.peers();
+        assert_eq!(peers.iter().map(|p| (p.rank, p.count, p.device_index)).collect::<Vec<_>>(), vec![(2, 6, 3), (3, 6, 1)]);
+        assert_eq!(peers[0].shard(12), 4..6);
+        assert!(!peers[0].writes() && !node_1.writes_run_dir() && !node_1.is_single());
+        assert_eq!(peers[0].remote.as_deref(), Some("node 0, node 2"));
     }
 
     #[test]
@@ -387,7 +506,7 @@ mod tests {
     fn two_peers<T: Send>(timeout_s: f64, work: impl Fn(&Peer) -> T + Sync) -> Vec<T> {
         static ONE_GROUP: Mutex<()> = Mutex::new(());
         let _group = ONE_GROUP.lock().unwrap_or_else(PoisonError::into_inner);
-        let config = DistributedConfig { devices: vec![0, 1], timeout_s: 60.0 };
+        let config = DistributedConfig { devices: vec![0, 1], timeout_s: 60.0, ..Default::default() };
         let peers = config.peers();
         enroll(&peers);
         let results = std::thread::scope(|scope| {
@@ -403,7 +522,7 @@ mod tests {
                 .collect();
             handles.into_iter().map(|h| h.join().unwrap()).collect()
         });
-        reset::<Cpu>();
+        reset::<Cpu>(true);
         results
     }
 
@@ -476,6 +595,25 @@ mod tests {
             let e = config(toml).validate().unwrap_err().to_string();
             assert!(e.contains(key) && e.contains(says), "{toml}: {e}");
         }
-        assert!(toml::from_str::<DistributedConfig>("nodes = 2").is_err(), "several nodes are not offered");
+        for (toml, key, says) in [
+            ("nodes = 0", "nodes", "at least 1"),
+            ("nodes = 2\nnode_rank = 2\ncoordinator = \"h:1\"", "node_rank", "below nodes = 2"),
+            ("nodes = 2", "coordinator", "HOST:PORT"),
+            ("nodes = 2\ncoordinator = \"host\"", "coordinator", "HOST:PORT"),
+            ("nodes = 2\ncoordinator = \"host:0\"", "coordinator", "HOST:PORT"),
+            ("nodes = 2\ncoordinator = \"ws://host:80/x\"", "coordinator", "HOST:PORT"),
+            ("nodes = 2\ncoordinator = \":80\"", "coordinator", "HOST:PORT"),
+            ("nodes = 2\nnode_rank = 1\ncoordinator = \"host:65535\"", "data_port", "past 65535"),
+            ("nodes = 2\ncoordinator = \"host:80\"\nnode_address = \"a b\"", "node_address", "host name"),
+        ] {
+            let e = config(toml).validate().unwrap_err().to_string();
+            assert!(e.contains(key) && e.contains(says), "{toml}: {e}");
+        }
+        // One node needs no coordinator; several take their data ports after its port.
+        config("nodes = 1\ncoordinator = \"junk\"").validate().unwrap();
+        let node_1 = config("nodes = 2\nnode_rank = 1\ncoordinator = \"10.0.0.1:29500\"");
+        node_1.validate().unwrap();
+        assert_eq!((node_1.coordinator_address().unwrap(), node_1.data_service_port().unwrap()), (("10.0.0.1".to_string(), 29500), 29502));
+        assert_eq!(config("nodes = 2\ncoordinator = \"h:9\"\ndata_port = 7").data_service_port().unwrap(), 7);
     }
 }

@@ -132,8 +132,8 @@ impl Recipe {
 }
 
 /// Trains the run `config` describes: on `device`, or as one peer per device that
-/// `distributed.devices` names (each on a thread of its own, joined by Burn's collective; the
-/// first writes the run directory).
+/// `distributed.devices` names (each on a thread of its own, joined by Burn's collective, with
+/// the peers of the other `distributed.nodes`; node 0's first peer writes the run directory).
 pub fn train<B>(config: &Config, device: &B::Device, options: &TrainOptions) -> Result<TrainReport, TrainError>
 where
     B: AutodiffBackend + AssignBackend,
@@ -142,12 +142,16 @@ where
     let dist = &config.distributed;
     let peers = dist.peers();
     let device_of = |peer: &Peer| if dist.devices.is_empty() { device.clone() } else { peer.device::<B>() };
-    let (prepared, store) = Prepared::new::<B>(config, options, device)?;
+    let (prepared, mut store) = Prepared::new::<B>(config, options, device)?;
     if dist.is_single() {
-        return session::<B>(config, &prepared, Some(store), &peers[0], &device_of(&peers[0]), options);
+        return session::<B>(config, &prepared, store, &peers[0], &device_of(&peers[0]), options);
     }
-    tracing::info!("data-parallel: {} peers on devices {:?}, {} images each per step", peers.len(), dist.device_indices(), config.train.batch_size / peers.len());
-    let mut store = Some(store);
+    let per_peer = config.train.batch_size / dist.peer_count();
+    if dist.nodes > 1 {
+        tracing::info!("data-parallel: node {} of {}, peers {}..={} on devices {:?}, {per_peer} images each per step", dist.node_rank, dist.nodes, peers[0].rank, peers[peers.len() - 1].rank, dist.device_indices());
+    } else {
+        tracing::info!("data-parallel: {} peers on devices {:?}, {per_peer} images each per step", peers.len(), dist.device_indices());
+    }
     crate::distributed::enroll(&peers);
     let results: Vec<Result<TrainReport, TrainError>> = std::thread::scope(|scope| {
         let handles: Vec<_> = peers
@@ -172,7 +176,10 @@ where
             .collect();
         handles.into_iter().map(|h| h.join().unwrap_or_else(|_| Err(TrainError::Device("a peer's thread panicked".into())))).collect()
     });
-    crate::distributed::reset::<B::InnerBackend>();
+    // After a failure between nodes Burn's collective server may be gone with the node it lost
+    // (resetting it would panic); the process ends with the error anyway.
+    let failed = results.iter().any(Result::is_err);
+    crate::distributed::reset::<B::InnerBackend>(!(failed && dist.nodes > 1));
     // The first failure is the cause; the others' errors say they stopped because of it.
     let mut reports = Vec::new();
     let mut failures: Vec<TrainError> = Vec::new();
@@ -191,11 +198,11 @@ where
     Ok(reports.swap_remove(0))
 }
 
-/// What is prepared once for all peers: the run directory (under its lock), the images and the
-/// network shape, and the checkpoint to resume from.
+/// What a node prepares once for all of its peers: the run directory (node 0 alone writes it,
+/// under its lock), the images and the network shape, and the checkpoint to resume from.
 struct Prepared {
     run: RunDir,
-    _lock: RunLock,
+    _lock: Option<RunLock>,
     images: Arc<data::ImageSet>,
     unet: UNetConfig,
     resume_from: Option<Checkpoint>,
@@ -204,11 +211,13 @@ struct Prepared {
 }
 
 impl Prepared {
-    fn new<B: AutodiffBackend>(config: &Config, options: &TrainOptions, device: &B::Device) -> Result<(Self, CheckpointStore), TrainError> {
+    /// The writer's checkpoint store comes with it on node 0.
+    fn new<B: AutodiffBackend>(config: &Config, options: &TrainOptions, device: &B::Device) -> Result<(Self, Option<CheckpointStore>), TrainError> {
         let run = RunDir::new(config.run_dir());
+        let writes = config.distributed.writes_run_dir();
         // One writer per run directory, before anything in it is touched (and before the data
         // is read, so that a second writer is refused at once).
-        let lock = RunLock::acquire(&run.root)?;
+        let lock = writes.then(|| RunLock::acquire(&run.root)).transpose()?;
         let (images, unet) = load_images(config)?;
         if let Some(weights) = &options.init_from {
             // Checked before the run directory is touched (`--overwrite` deletes it).
@@ -219,6 +228,13 @@ impl Prepared {
         resolved.model.attn_resolutions = Some(unet.attn_resolutions.clone());
         let config_toml = resolved.to_toml();
         let unet_json = serde_json::to_string_pretty(&unet).expect("UNetConfig serialises");
+        let images = Arc::new(images);
+        if !writes {
+            // The other nodes read the checkpoint they resume from (node 0's run directory, shared
+            // or copied) and write nothing.
+            let resume_from = find_resume_point(&run, options)?;
+            return Ok((Self { run, _lock: None, images, unet, resume_from, config_toml, unet_json }, None));
+        }
         let resume_from = prepare_run_dir(&run, options)?;
         // Clears what an interrupted write left, before this session writes anything.
         let store = CheckpointStore::open(&run.checkpoints(), config.train.keep_checkpoints)?;
@@ -226,7 +242,7 @@ impl Prepared {
             let path = run.root.join(name);
             std::fs::write(&path, text).map_err(|source| TrainError::Io { path, source })?;
         }
-        Ok((Self { run, _lock: lock, images: Arc::new(images), unet, resume_from, config_toml, unet_json }, store))
+        Ok((Self { run, _lock: lock, images, unet, resume_from, config_toml, unet_json }, Some(store)))
     }
 }
 
@@ -429,6 +445,21 @@ where
         .with_weight_decay(t.weight_decay as f32)
         .init::<B, Trainer<B>>();
     (Learner::new(model, optimizer, WarmupLr::new(t.lr, t.warmup_steps)), num_params)
+}
+
+/// The checkpoint `options` resume from, read without changing the run directory (the nodes
+/// other than node 0, which check it against node 0's when they join).
+fn find_resume_point(run: &RunDir, options: &TrainOptions) -> Result<Option<Checkpoint>, TrainError> {
+    let ckpt = match &options.resume {
+        Resume::No => return Ok(None),
+        Resume::Latest => match checkpoint::list(&run.checkpoints())?.last() {
+            Some((_, dir)) => Checkpoint::open(dir)?,
+            None => return Ok(None),
+        },
+        Resume::From(dir) => Checkpoint::open(dir)?,
+    };
+    tracing::info!("resuming from {} (step {})", ckpt.dir.display(), ckpt.state.step);
+    Ok(Some(ckpt))
 }
 
 /// Creates the run directory's folders and finds the checkpoint to resume from.

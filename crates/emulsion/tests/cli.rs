@@ -1000,3 +1000,151 @@ fn bad_device_lists_are_clear_errors() {
     fails_with(run("cpu:0,wgpu:1", &[]), &["--devices", "of one kind"]);
     usage_error(run("cpu:x", &[]), &["device index"]);
 }
+
+/// `n` ports that were free a moment ago on 127.0.0.1.
+fn free_ports<const N: usize>() -> [u16; N] {
+    let listeners: Vec<_> = (0..N).map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap()).collect();
+    std::array::from_fn(|i| listeners[i].local_addr().unwrap().port())
+}
+
+/// The command line of node `rank` of a two-node run on 127.0.0.1: the orchestrator at
+/// `ports[0]` (node 0 starts it), node r's data service at `ports[1 + r]`.
+fn node_args(sets: &[String], rank: usize, ports: [u16; 3], extra: &[&str]) -> Vec<String> {
+    let mut args: Vec<String> = ["train", "configs/quickstart.toml", "--nodes", "2"].map(String::from).to_vec();
+    args.extend(["--node-rank".into(), rank.to_string(), "--coordinator".into(), format!("127.0.0.1:{}", ports[0])]);
+    args.extend(["--set".into(), format!("distributed.data_port={}", ports[1 + rank])]);
+    for set in sets {
+        args.extend(["--set".into(), set.clone()]);
+    }
+    args.extend(extra.iter().map(|s| s.to_string()));
+    args
+}
+
+fn spawn_node(args: &[String]) -> std::process::Child {
+    Command::new(env!("CARGO_BIN_EXE_emulsion"))
+        .args(args)
+        .current_dir(repo())
+        .env("XDG_RUNTIME_DIR", std::env::temp_dir())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// Runs both nodes of a two-node run on 127.0.0.1 to their end; their outputs in rank order.
+fn two_nodes(sets: &[String], extra: &[&str]) -> [Output; 2] {
+    let ports = free_ports::<3>();
+    let nodes = [0, 1].map(|rank| spawn_node(&node_args(sets, rank, ports, extra)));
+    nodes.map(|node| node.wait_with_output().unwrap())
+}
+
+/// Two processes on 127.0.0.1, joined by Burn's global orchestrator (started by node 0), train
+/// what one process trains with the same global batch: with one peer per node, the same bits
+/// (assignment `none`, and `lsa` over the global batch); with two peers per node (four in all),
+/// within 1e-5 relative. Each run checks at its end that every peer holds the same weights.
+#[test]
+fn multi_node_runs_train_what_one_process_trains() {
+    let out = tempdir("nodes");
+    let sets = |name: &str, extra: &[&str]| {
+        let mut sets = tiny(&out, name);
+        sets.extend(["train.steps=20".to_string(), "train.checkpoint_every=20".into(), "train.sample_every=0".into()]);
+        sets.extend(extra.iter().map(|s| s.to_string()));
+        sets
+    };
+    let checkpoint = |name: &str| out.join(name).join("checkpoints/step-00000020");
+    let one_process = |name: &str, extra: &[&str]| ok(emulsion(&with_sets(&["train", "configs/quickstart.toml", "--device", "cpu"], &sets(name, extra))));
+    let both_nodes = |name: &str, extra: &[&str], devices: &[&str]| {
+        let [node_0, node_1] = two_nodes(&sets(name, extra), devices);
+        let (node_0, node_1) = (ok(node_0), ok(node_1));
+        assert!(stderr(&node_1).contains("data-parallel: node 1 of 2"), "{}", stderr(&node_1));
+        assert!(stderr(&node_0).contains("orchestrator: listening"), "{}", stderr(&node_0));
+    };
+    for method in ["none", "lsa"] {
+        let assignment = format!("assignment.method={method}");
+        one_process(&format!("one-{method}"), &["train.micro_batch=4", &assignment]);
+        // micro_batch = 0: each node's shard (4 images) is its micro-batch.
+        both_nodes(&format!("nodes-{method}"), &["train.micro_batch=0", &assignment], &["--device", "cpu"]);
+        let model = |name: String| std::fs::read(checkpoint(&name).join("model.mpk")).unwrap();
+        assert!(model(format!("one-{method}")) == model(format!("nodes-{method}")), "assignment {method}: two nodes' weights differ from one process's");
+    }
+    let export = |name: &str| {
+        let file = out.join(format!("{name}.safetensors"));
+        ok(emulsion(&["export", checkpoint(name).to_str().unwrap(), "--out", file.to_str().unwrap(), "--raw"]));
+        safetensors_f32(&file)
+    };
+    one_process("one-4", &["train.micro_batch=2"]);
+    both_nodes("nodes-4", &["train.micro_batch=0"], &["--devices", "cpu:0,cpu:1"]);
+    let (one, four) = (export("one-4"), export("nodes-4"));
+    assert_eq!(one.keys().collect::<Vec<_>>(), four.keys().collect::<Vec<_>>());
+    let (mut diff, mut norm) = (0f64, 0f64);
+    for (name, a) in &one {
+        for (x, y) in a.iter().zip(&four[name]) {
+            diff += (*x as f64 - *y as f64).powi(2);
+            norm += (*x as f64).powi(2);
+        }
+    }
+    let relative = (diff / norm).sqrt();
+    assert!(relative <= 1e-5, "two nodes of two peers: ‖Δw‖/‖w‖ = {relative:e}");
+}
+
+/// Killing both nodes of a run after a checkpoint and resuming both (node 1 reads node 0's run
+/// directory) trains the weights of the run that never stopped.
+#[test]
+fn a_killed_multi_node_run_resumes_to_the_uninterrupted_weights() {
+    let out = tempdir("nodes-resume");
+    let sets = |name: &str| {
+        let mut sets = tiny(&out, name);
+        sets.extend(["train.steps=30".to_string(), "train.checkpoint_every=3".into(), "train.sample_every=0".into(), "assignment.method=lsa".into()]);
+        sets
+    };
+    for node in two_nodes(&sets("whole"), &["--device", "cpu"]) {
+        ok(node);
+    }
+    let killed = sets("killed");
+    let ports = free_ports::<3>();
+    let mut nodes = [0, 1].map(|rank| spawn_node(&node_args(&killed, rank, ports, &["--device", "cpu"])));
+    let checkpoints = out.join("killed/checkpoints");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while newest_step(&checkpoints).is_none() && Instant::now() < deadline && nodes.iter_mut().all(|n| n.try_wait().unwrap().is_none()) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    for node in &mut nodes {
+        node.kill().unwrap(); // SIGKILL
+        node.wait().unwrap();
+    }
+    let stopped_at = newest_step(&checkpoints);
+    assert!(matches!(stopped_at, Some(step) if step < 30), "the kill came after step {stopped_at:?}: nothing to resume");
+    for node in two_nodes(&killed, &["--device", "cpu", "--resume"]) {
+        ok(node);
+    }
+    let last = |name: &str| std::fs::read(out.join(name).join("checkpoints/step-00000030/model.mpk")).unwrap();
+    assert!(last("whole") == last("killed"), "resumed from step {stopped_at:?}: the weights differ from the uninterrupted run's");
+}
+
+/// Killing one node of a running pair makes the other exit non-zero within
+/// `distributed.timeout_s`, with an error that names the node it waited for.
+#[test]
+fn killing_one_node_stops_the_other_within_the_timeout() {
+    let out = tempdir("nodes-kill");
+    for victim in [1, 0] {
+        let mut sets = tiny(&out, &format!("kill-{victim}"));
+        sets.extend(["train.steps=100000".to_string(), "train.checkpoint_every=1".into(), "train.sample_every=0".into(), "train.log_every=1000".into(), "distributed.timeout_s=5".into()]);
+        let ports = free_ports::<3>();
+        let mut nodes = [0, 1].map(|rank| Some(spawn_node(&node_args(&sets, rank, ports, &["--device", "cpu"]))));
+        let checkpoints = out.join(format!("kill-{victim}/checkpoints"));
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while newest_step(&checkpoints).unwrap_or(0) < 2 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let mut dead = nodes[victim].take().unwrap();
+        dead.kill().unwrap(); // SIGKILL
+        dead.wait().unwrap();
+        let killed_at = Instant::now();
+        let survivor = nodes[1 - victim].take().unwrap().wait_with_output().unwrap();
+        let waited = killed_at.elapsed();
+        let err = stderr(&survivor);
+        assert_eq!(survivor.status.code(), Some(1), "node {} after node {victim} was killed ({}):\n{err}", 1 - victim, survivor.status);
+        assert!(err.contains(&format!("the peers of node {victim}")) && err.contains("with --resume"), "node {}:\n{err}", 1 - victim);
+        assert!(waited < Duration::from_secs(30), "node {} stopped {waited:?} after node {victim} was killed", 1 - victim);
+    }
+}

@@ -1047,7 +1047,8 @@ fn multi_node_runs_train_what_one_process_trains() {
     let out = tempdir("nodes");
     let sets = |name: &str, extra: &[&str]| {
         let mut sets = tiny(&out, name);
-        sets.extend(["train.steps=20".to_string(), "train.checkpoint_every=20".into(), "train.sample_every=0".into()]);
+        // A minute, not the default ten, for a hung all-reduce to fail the test.
+        sets.extend(["train.steps=20".to_string(), "train.checkpoint_every=20".into(), "train.sample_every=0".into(), "distributed.timeout_s=60".into()]);
         sets.extend(extra.iter().map(|s| s.to_string()));
         sets
     };
@@ -1094,7 +1095,13 @@ fn a_killed_multi_node_run_resumes_to_the_uninterrupted_weights() {
     let out = tempdir("nodes-resume");
     let sets = |name: &str| {
         let mut sets = tiny(&out, name);
-        sets.extend(["train.steps=30".to_string(), "train.checkpoint_every=3".into(), "train.sample_every=0".into(), "assignment.method=lsa".into()]);
+        sets.extend([
+            "train.steps=30".to_string(),
+            "train.checkpoint_every=3".into(),
+            "train.sample_every=0".into(),
+            "assignment.method=lsa".into(),
+            "distributed.timeout_s=60".into(),
+        ]);
         sets
     };
     for node in two_nodes(&sets("whole"), &["--device", "cpu"]) {

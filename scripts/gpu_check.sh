@@ -116,11 +116,13 @@ stage peers 90 "$noauto" --kernel-cache "$work/cache-noauto" train configs/fashi
 two_nodes() {
     local common=("$noauto" --kernel-cache "$work/cache-noauto" train configs/fashion_edm.toml --device "$device" --nodes 2
         --coordinator 127.0.0.1:29500 --set run.out_dir="$work/runs" --set run.name=nodes --set train.steps=10
-        --set train.checkpoint_every=10 --set train.sample_every=0 --set sample.n=4 --set sample.steps=2)
+        --set train.checkpoint_every=10 --set train.sample_every=0 --set sample.n=4 --set sample.steps=2
+        --set distributed.timeout_s=60)
     "${common[@]}" --node-rank 1 >"$log/nodes-1.out" 2>"$log/nodes-1.log" &
     local node_1=$!
     "${common[@]}" --node-rank 0 --overwrite
     local rc=$?
+    [ $rc -eq 0 ] || kill "$node_1" 2>/dev/null
     wait "$node_1" || rc=$?
     return $rc
 }

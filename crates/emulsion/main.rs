@@ -457,7 +457,13 @@ fn use_kernel_cache(explicit: Option<&std::path::Path>) -> Result<()> {
 }
 
 fn train(args: TrainArgs) -> Result<()> {
-    let mut config = Config::load(&args.config, &args.overrides)?;
+    // The node flags are overrides of their keys, applied before the config is validated (a
+    // shared config may leave the coordinator to each node's command line).
+    let mut overrides = args.overrides.clone();
+    overrides.extend(args.nodes.map(|n| format!("distributed.nodes={n}")));
+    overrides.extend(args.node_rank.map(|r| format!("distributed.node_rank={r}")));
+    overrides.extend(args.coordinator.as_ref().map(|c| format!("distributed.coordinator={}", toml::Value::String(c.clone()))));
+    let mut config = Config::load(&args.config, &overrides)?;
     if let Some(device) = args.device {
         config.run.device = device;
     }
@@ -466,12 +472,8 @@ fn train(args: TrainArgs) -> Result<()> {
         config.run.device = first.choice;
         config.distributed.devices = args.devices.iter().map(|d| d.index).collect();
     }
-    let d = &mut config.distributed;
-    d.nodes = args.nodes.unwrap_or(d.nodes);
-    d.node_rank = args.node_rank.unwrap_or(d.node_rank);
-    d.coordinator = args.coordinator.or(d.coordinator.take());
     // The command line changed the config after `load` validated it.
-    config.validate().context("the command line's --devices, --nodes, --node-rank or --coordinator")?;
+    config.validate().context("--devices")?;
     if args.dry_run {
         print!("{}", config.to_toml());
         return Ok(());
@@ -487,11 +489,14 @@ fn train(args: TrainArgs) -> Result<()> {
     };
     let backend = device::resolve(config.run.device)?;
     eprintln!("device: {}", backend.describe());
-    let _orchestrator = start_orchestrator(&config.distributed)?;
+    let orchestrator = start_orchestrator(&config.distributed)?;
     let report = on_backend!(backend, B => {
         emulsion_train::train::<burn::backend::Autodiff<B>>(&config, &Default::default(), &options)
     })
     .with_context(|| format!("training {}", args.config.display()))?;
+    if let Some(orchestrator) = orchestrator {
+        orchestrator.linger();
+    }
     if let Some(samples) = &report.last_samples {
         eprintln!("samples: {}", samples.display());
     }
@@ -520,8 +525,14 @@ fn start_orchestrator(d: &emulsion_train::distributed::DistributedConfig) -> Res
         .stdin(std::process::Stdio::piped())
         .spawn()
         .context("starting Burn's global orchestrator (emulsion coordinator)")?;
-    eprintln!("orchestrator: listening on port {port} (process {})", child.id());
-    Ok(Some(Orchestrator(child)))
+    let mut orchestrator = Orchestrator(child);
+    // One that cannot start says so at once (its error is above), not after the others' timeout.
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    if let Some(status) = orchestrator.0.try_wait().context("watching the orchestrator")? {
+        anyhow::bail!("Burn's global orchestrator (emulsion coordinator --port {port}) stopped at once ({status})");
+    }
+    eprintln!("orchestrator: listening on port {port} (process {})", orchestrator.0.id());
+    Ok(Some(orchestrator))
 }
 
 /// Refuses a port another program listens on, before Burn's servers would fail on it in a
@@ -533,6 +544,14 @@ fn port_is_free(port: u16, what: &str) -> Result<()> {
 /// The orchestrator child of node 0: stopped when node 0 ends, or, should node 0 be killed,
 /// when its standard input closes.
 struct Orchestrator(std::process::Child);
+
+impl Orchestrator {
+    /// After a finished run: the other nodes leave right after node 0's last all-reduce, and
+    /// the orchestrator acknowledges each; a moment for that, then it stops.
+    fn linger(self) {
+        std::thread::sleep(std::time::Duration::from_secs(2));
+    }
+}
 
 impl Drop for Orchestrator {
     fn drop(&mut self) {

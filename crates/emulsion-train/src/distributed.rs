@@ -42,8 +42,9 @@ pub struct DistributedConfig {
     /// Port of this node's tensor data service; 0: `coordinator`'s port + 1 + `node_rank`.
     pub data_port: u16,
     /// Seconds a peer waits for the others at an all-reduce before it stops with an error
-    /// naming them (the first step's wait includes the slowest peer's kernel compilation; the
-    /// writer's checkpoints, sample grids and FID do not count).
+    /// naming them (the first step's wait includes the slowest peer's kernel compilation; on
+    /// one node the writer's checkpoints, sample grids and FID do not count, across nodes they
+    /// do).
     pub timeout_s: f64,
 }
 
@@ -92,7 +93,7 @@ impl DistributedConfig {
         let parsed = text.rsplit_once(':').and_then(|(host, port)| Some((host, port.parse::<u16>().ok()?)));
         match parsed {
             Some((host, port)) if valid_host(host) && port > 0 => Ok((host.to_string(), port)),
-            _ => Err(Invalid::new("coordinator", format!("must be HOST:PORT (a port from 1 to 65535), got {text:?}"))),
+            _ => Err(Invalid::new("coordinator", format!("must be HOST:PORT (a port from 1 to 65535; an IPv6 address in brackets), got {text:?}"))),
         }
     }
 
@@ -116,10 +117,19 @@ impl DistributedConfig {
             return Err(Invalid::new("timeout_s", format!("must be a positive number of seconds, got {}", self.timeout_s)));
         }
         if self.nodes > 1 {
-            self.coordinator_address()?;
-            self.data_service_port()?;
+            let (host, port) = self.coordinator_address()?;
+            let data_port = self.data_service_port()?;
             if !valid_host(&self.node_address) {
                 return Err(Invalid::new("node_address", format!("must be a host name or IP address, got {:?}", self.node_address)));
+            }
+            if is_loopback(&self.node_address) && !is_loopback(&host) {
+                return Err(Invalid::new(
+                    "node_address",
+                    format!("is {}, which the other machines cannot reach (the coordinator is at {host}): set it to this machine's address", self.node_address),
+                ));
+            }
+            if self.node_rank == 0 && self.start_coordinator && data_port == port {
+                return Err(Invalid::new("data_port", format!("{data_port} is the coordinator's port, which node 0's orchestrator listens on")));
             }
         }
         Ok(())
@@ -164,7 +174,13 @@ impl DistributedConfig {
 
 /// A host name or an IP address (IPv6 in brackets): no scheme, path or spaces.
 fn valid_host(host: &str) -> bool {
-    !host.is_empty() && !host.contains(['/', ' ', '@', '?', '#'])
+    let bracketed = host.starts_with('[') && host.ends_with(']');
+    !host.is_empty() && !host.contains(['/', ' ', '@', '?', '#']) && (bracketed || !host.contains(':'))
+}
+
+/// Whether `host` names this machine only.
+fn is_loopback(host: &str) -> bool {
+    host == "localhost" || host.starts_with("127.") || host == "[::1]"
 }
 
 /// Why data-parallel training stopped.
@@ -178,6 +194,8 @@ pub enum PeerError {
     Timeout { rank: usize, what: String, seconds: f64, missing: String },
     #[error("peer {rank} stopped at {what} because peer {failed} failed: {reason}")]
     PeerFailed { rank: usize, what: String, failed: usize, reason: String },
+    #[error("{claims} peers are numbered {rank}: every node needs its own --node-rank, 0 to nodes - 1, and the same number of devices")]
+    Numbering { rank: usize, claims: u16 },
     #[error("peer {rank} has {theirs} where peer 0 has {ours} ({what}): the peers train different models (several nodes: every node must resume from the same checkpoint, with the same config)")]
     Mismatch { rank: usize, what: String, ours: String, theirs: String },
 }
@@ -195,6 +213,9 @@ pub struct Peer {
     /// The other nodes, as an error names them (several nodes).
     remote: Option<String>,
 }
+
+/// How long a finished peer waits for Burn's collective to acknowledge that it leaves.
+const LEAVE_WAIT: Duration = Duration::from_secs(10);
 
 /// Where each peer of this node stands: collective calls entered, and the error of one that
 /// failed. Lets a waiting peer name the one it waits for, and stop at once when one has failed.
@@ -259,9 +280,13 @@ impl Peer {
             return Ok(());
         }
         let device = self.device::<B::InnerBackend>();
-        let words: Vec<u16> = [step, weight_hash::<B, M>(module)].iter().flat_map(|v| (0..4).map(move |k| (v >> (16 * k)) as u16)).collect();
+        // A first word of 1 from each peer: a rank that two peers claim (or none) sums to another.
+        let words: Vec<u16> = std::iter::once(1).chain([step, weight_hash::<B, M>(module)].iter().flat_map(|v| (0..4).map(move |k| (v >> (16 * k)) as u16))).collect();
         let all = self.gather::<B::InnerBackend>(&words, &format!("the {when} check"), &device)?;
-        let value = |peer: &[u16], at: usize| (0..4).fold(0u64, |v, k| v | (peer[at + k] as u64) << (16 * k));
+        if let Some((rank, claims)) = all.iter().map(|peer| peer[0]).enumerate().find(|(_, claims)| *claims != 1) {
+            return Err(PeerError::Numbering { rank, claims });
+        }
+        let value = |peer: &[u16], at: usize| (0..4).fold(0u64, |v, k| v | (peer[1 + at + k] as u64) << (16 * k));
         for (rank, theirs) in all.iter().enumerate() {
             let (step_0, step_r) = (value(&all[0], 0), value(theirs, 0));
             if step_r != step_0 {
@@ -275,10 +300,20 @@ impl Peer {
         Ok(())
     }
 
-    /// Leaves the collective (after the last step).
+    /// Leaves the collective (after the last step). Between nodes Burn's orchestrator must
+    /// acknowledge it, and may be gone already (node 0 ends it): the run is complete either way,
+    /// so this waits a few seconds at most.
     pub fn leave<B: Backend>(&self) {
-        if self.count > 1 {
-            let _ = collective::finish_collective::<B>(PeerId::from(self.rank as u32));
+        if self.count == 1 {
+            return;
+        }
+        let id = PeerId::from(self.rank as u32);
+        let (sender, receiver) = std::sync::mpsc::channel();
+        let finishing = std::thread::Builder::new().name(format!("collective-{}", self.rank)).spawn(move || {
+            let _ = sender.send(collective::finish_collective::<B>(id));
+        });
+        if finishing.is_ok() && receiver.recv_timeout(LEAVE_WAIT).is_err() {
+            tracing::warn!("peer {}: Burn's collective did not acknowledge its finish within {} s; the run is complete", self.rank, LEAVE_WAIT.as_secs());
         }
     }
 
@@ -605,13 +640,17 @@ mod tests {
             ("nodes = 2\ncoordinator = \":80\"", "coordinator", "HOST:PORT"),
             ("nodes = 2\nnode_rank = 1\ncoordinator = \"host:65535\"", "data_port", "past 65535"),
             ("nodes = 2\ncoordinator = \"host:80\"\nnode_address = \"a b\"", "node_address", "host name"),
+            ("nodes = 2\ncoordinator = \"10.0.0.1:80\"", "node_address", "is 127.0.0.1, which the other machines cannot reach"),
+            ("nodes = 2\ncoordinator = \"h:80\"\nnode_address = \"h\"\ndata_port = 80", "data_port", "coordinator's port"),
+            ("nodes = 2\ncoordinator = \"::1:80\"", "coordinator", "in brackets"),
         ] {
             let e = config(toml).validate().unwrap_err().to_string();
             assert!(e.contains(key) && e.contains(says), "{toml}: {e}");
         }
         // One node needs no coordinator; several take their data ports after its port.
         config("nodes = 1\ncoordinator = \"junk\"").validate().unwrap();
-        let node_1 = config("nodes = 2\nnode_rank = 1\ncoordinator = \"10.0.0.1:29500\"");
+        config("nodes = 2\ncoordinator = \"[::1]:80\"").validate().unwrap();
+        let node_1 = config("nodes = 2\nnode_rank = 1\ncoordinator = \"10.0.0.1:29500\"\nnode_address = \"10.0.0.2\"");
         node_1.validate().unwrap();
         assert_eq!((node_1.coordinator_address().unwrap(), node_1.data_service_port().unwrap()), (("10.0.0.1".to_string(), 29500), 29502));
         assert_eq!(config("nodes = 2\ncoordinator = \"h:9\"\ndata_port = 7").data_service_port().unwrap(), 7);

@@ -1143,6 +1143,11 @@ fn killing_one_node_stops_the_other_within_the_timeout() {
         while newest_step(&checkpoints).unwrap_or(0) < 2 && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(20));
         }
+        // Both train: the kill lands mid-run, not on a node that never started.
+        assert!(newest_step(&checkpoints).unwrap_or(0) >= 2, "no checkpoint within 120 s");
+        for node in nodes.iter_mut().flatten() {
+            assert!(node.try_wait().unwrap().is_none(), "a node ended before the kill");
+        }
         let mut dead = nodes[victim].take().unwrap();
         dead.kill().unwrap(); // SIGKILL
         dead.wait().unwrap();
@@ -1154,4 +1159,24 @@ fn killing_one_node_stops_the_other_within_the_timeout() {
         assert!(err.contains(&format!("the peers of node {victim}")) && err.contains("with --resume"), "node {}:\n{err}", 1 - victim);
         assert!(waited < Duration::from_secs(30), "node {} stopped {waited:?} after node {victim} was killed", 1 - victim);
     }
+}
+
+/// `--nodes`, `--node-rank` and `--coordinator` are checked with the config they complete: a
+/// shared config may name the nodes and leave the coordinator to each node's command line.
+#[test]
+fn node_flags_are_checked_with_the_config() {
+    let run = |extra: &[&str]| {
+        let mut args = vec!["train", "configs/quickstart.toml", "--device", "cpu", "--dry-run"];
+        args.extend(extra);
+        emulsion(&args)
+    };
+    let shown = ok(run(&["--set", "distributed.nodes=2", "--node-rank", "1", "--coordinator", "127.0.0.1:29500"]));
+    let toml = String::from_utf8_lossy(&shown.stdout);
+    for line in ["nodes = 2", "node_rank = 1", "coordinator = \"127.0.0.1:29500\""] {
+        assert!(toml.lines().any(|l| l.trim() == line), "the resolved config lacks {line:?}:\n{toml}");
+    }
+    fails_with(run(&["--nodes", "2"]), &["distributed.coordinator", "HOST:PORT"]);
+    fails_with(run(&["--nodes", "2", "--node-rank", "2", "--coordinator", "h:1"]), &["distributed.node_rank", "below nodes = 2"]);
+    fails_with(run(&["--nodes", "2", "--coordinator", "10.0.0.1:29500"]), &["distributed.node_address", "cannot reach"]);
+    fails_with(run(&["--nodes", "3", "--coordinator", "127.0.0.1:29500"]), &["train.batch_size", "does not split evenly over 3 peers"]);
 }

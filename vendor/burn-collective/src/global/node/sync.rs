@@ -64,6 +64,11 @@ impl<P: Protocol> SyncService<P> {
                 .send(Message::new(sync_bytes.into()))
                 .await
                 .expect("Peer closed connection unexpectedly");
+            // Emulsion's patch: wait for the peer's acknowledgement, then close. 0.21.0 dropped
+            // the connection at once, and a request the peer had not read yet could be lost
+            // with it (the peer then waited at this barrier forever).
+            let _ = connection.recv().await;
+            let _ = connection.close().await;
         }
         loop {
             // Emulsion's patch (vendor/README.md): registered before the check, so a request
@@ -101,5 +106,9 @@ impl<P: Protocol> SyncService<P> {
         self.add_syncing_peer(msg.0);
 
         self.sync_notif.notify_waiters();
+
+        // Emulsion's patch: acknowledge, so the requesting node closes only once this one has
+        // the request.
+        let _ = channel.send(Message::new(bytes::Bytes::new())).await;
     }
 }

@@ -937,16 +937,21 @@ fn data_parallel_peers_train_what_one_process_trains() {
     };
     let one = export(train("one-4", None, &["train.micro_batch=2"]), "one-4");
     let four = export(train("four", Some("cpu:0,cpu:1,cpu:2,cpu:3"), &["train.micro_batch=2"]), "four");
-    assert_eq!(one.keys().collect::<Vec<_>>(), four.keys().collect::<Vec<_>>());
+    let relative = relative_distance(&one, &four);
+    assert!(relative <= 1e-5, "four peers: ‖Δw‖/‖w‖ = {relative:e}");
+}
+
+/// ‖b − a‖/‖a‖ over every tensor of two exports, which must name the same tensors.
+fn relative_distance(a: &std::collections::BTreeMap<String, Vec<f32>>, b: &std::collections::BTreeMap<String, Vec<f32>>) -> f64 {
+    assert_eq!(a.keys().collect::<Vec<_>>(), b.keys().collect::<Vec<_>>());
     let (mut diff, mut norm) = (0f64, 0f64);
-    for (name, a) in &one {
-        for (x, y) in a.iter().zip(&four[name]) {
+    for (name, xs) in a {
+        for (x, y) in xs.iter().zip(&b[name]) {
             diff += (*x as f64 - *y as f64).powi(2);
             norm += (*x as f64).powi(2);
         }
     }
-    let relative = (diff / norm).sqrt();
-    assert!(relative <= 1e-5, "four peers: ‖Δw‖/‖w‖ = {relative:e}");
+    (diff / norm).sqrt()
 }
 
 /// Killing a data-parallel run (all its peers: they are threads of one process) and resuming it
@@ -1076,15 +1081,7 @@ fn multi_node_runs_train_what_one_process_trains() {
     one_process("one-4", &["train.micro_batch=2"]);
     both_nodes("nodes-4", &["train.micro_batch=0"], &["--devices", "cpu:0,cpu:1"]);
     let (one, four) = (export("one-4"), export("nodes-4"));
-    assert_eq!(one.keys().collect::<Vec<_>>(), four.keys().collect::<Vec<_>>());
-    let (mut diff, mut norm) = (0f64, 0f64);
-    for (name, a) in &one {
-        for (x, y) in a.iter().zip(&four[name]) {
-            diff += (*x as f64 - *y as f64).powi(2);
-            norm += (*x as f64).powi(2);
-        }
-    }
-    let relative = (diff / norm).sqrt();
+    let relative = relative_distance(&one, &four);
     assert!(relative <= 1e-5, "two nodes of two peers: ‖Δw‖/‖w‖ = {relative:e}");
 }
 
